@@ -1,0 +1,53 @@
+"""The one error hierarchy of fitgate.
+
+Every error a user can cause carries the HTTP status it maps to and a message that says
+what was expected, what was found and what to do. Third-party failures (torch, tokenizers,
+file I/O) are wrapped at the boundary with ``raise ... from exc``.
+
+    FitgateError (500)
+    ├── DataError (422)            the uploaded data cannot be trained on
+    │   └── DataFormatError (422)  the file cannot be read as a table at all
+    ├── ArgumentsError (422)       a training argument is out of bounds
+    ├── ModelLoadError (422)       the base model cannot be loaded
+    └── TrainingCancelled (409)    the run was cancelled between two steps
+"""
+
+from __future__ import annotations
+
+
+class FitgateError(Exception):
+    """Base class: anything fitgate raises on purpose."""
+
+    status_code: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class DataError(FitgateError):
+    """The data was read but cannot be trained on (columns, classes, sizes)."""
+
+    status_code = 422
+
+
+class DataFormatError(DataError):
+    """The file is not a readable CSV, TSV or JSONL table."""
+
+
+class ArgumentsError(FitgateError):
+    """A training argument is invalid."""
+
+    status_code = 422
+
+
+class ModelLoadError(FitgateError):
+    """The base model or its tokenizer could not be loaded."""
+
+    status_code = 422
+
+
+class TrainingCancelled(FitgateError):
+    """Raised at a step boundary after a cancel request; nothing is exported."""
+
+    status_code = 409

@@ -1,0 +1,144 @@
+"""Training arguments: one validated, serializable model shared by the CLI and the service.
+
+Names follow Hugging Face ``TrainingArguments`` where one exists, so users' habits carry
+over. Every default lives here, once, with the reason for it; the whole object is saved
+into every run directory.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fitgate.errors import ArgumentsError
+
+ClassWeighting = Literal["auto", "none", "inverse", "effective"]
+
+
+class TrainingArguments(BaseModel):
+    """Everything that decides how a fine-tune runs (data, model, optimisation, imbalance)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # --- data ---------------------------------------------------------------------------
+    text_column: str | None = Field(
+        None, description="Column holding the text; auto-detected (text, sentence, content, ...) if unset."
+    )
+    label_column: str | None = Field(
+        None, description="Column holding the label; auto-detected (label, class, category, intent, ...) if unset."
+    )
+    validation_size: float = Field(
+        0.1, gt=0.0, lt=0.5, description="Share of rows held out for validation when no validation file is given."
+    )
+    test_size: float = Field(
+        0.1, ge=0.0, lt=0.5, description="Share of rows held out for the final test report (0 disables it)."
+    )
+    max_length: int = Field(
+        128, ge=8, le=512, description="Tokens per text; longer texts are truncated. Batches are padded only to their longest text."
+    )
+    max_text_chars: int = Field(
+        20_000, ge=100, description="Rows with a longer text are rejected: such rows are usually a broken file, not data."
+    )
+    max_empty_share: float = Field(
+        0.1, ge=0.0, le=1.0, description="Empty or whitespace-only texts are dropped and counted; above this share the file is rejected."
+    )
+
+    # --- model --------------------------------------------------------------------------
+    base_model: str | None = Field(
+        None, description="Local Hugging Face BERT-family directory; default: the bundled all-MiniLM-L6-v2."
+    )
+    dropout: float | None = Field(
+        0.1, ge=0.0, lt=1.0, description="Hidden and attention dropout, overriding the model config (None keeps the config's)."
+    )
+    freeze_layers: int = Field(
+        0, ge=0, description="Freeze the embeddings and the lowest N encoder layers (a remedy for tiny data sets)."
+    )
+
+    # --- optimisation ---------------------------------------------------------------------
+    learning_rate: float = Field(
+        1e-4, gt=0.0, le=1e-2, description="Peak AdamW learning rate. MiniLM-sized models want more than BERT-base's 2e-5."
+    )
+    num_train_epochs: int = Field(
+        6, ge=1, le=100, description="Upper bound on epochs; early stopping usually ends the run sooner."
+    )
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps (overrides epochs; for smoke runs)."
+    )
+    per_device_train_batch_size: int = Field(32, ge=1, le=1024, description="Training batch size.")
+    per_device_eval_batch_size: int = Field(128, ge=1, le=4096, description="Evaluation batch size.")
+    weight_decay: float = Field(
+        0.01, ge=0.0, le=1.0, description="Decoupled (AdamW) weight decay; never applied to biases or LayerNorm."
+    )
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Share of steps spent warming up the learning rate.")
+    lr_scheduler_type: Literal["linear", "cosine"] = Field("linear", description="Decay after warmup.")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping by global norm.")
+    label_smoothing_factor: float = Field(
+        0.1, ge=0.0, lt=0.5, description="Label smoothing; temperature scaling afterwards keeps confidences calibrated."
+    )
+    layerwise_lr_decay: float = Field(
+        1.0, gt=0.0, le=1.0, description="Multiply the learning rate by this per layer going down (1.0 = off)."
+    )
+
+    # --- evaluation, early stopping, checkpoint selection ---------------------------------
+    eval_steps: int | None = Field(
+        None, ge=1, description="Evaluate every N steps; default: every epoch, and every 500 steps when epochs are longer."
+    )
+    early_stopping_patience: int | None = Field(
+        2, ge=1, description="Stop after this many evaluations without macro-F1 gain (None disables early stopping)."
+    )
+    early_stopping_threshold: float = Field(
+        0.001, ge=0.0, description="Smallest validation macro-F1 gain that counts as progress."
+    )
+    load_best_model_at_end: bool = Field(
+        True, description="Restore the checkpoint with the best validation macro-F1 at the end."
+    )
+    train_eval_size: int = Field(
+        1000, ge=10, description="Fixed training subset re-scored in eval mode at each evaluation (the generalization gap)."
+    )
+
+    # --- class imbalance -------------------------------------------------------------------
+    class_weighting: ClassWeighting = Field(
+        "auto",
+        description="Loss class weights: auto = 'effective' when the largest class is over 1.5x the smallest, else none.",
+    )
+    effective_number_beta: float = Field(
+        0.999, gt=0.0, lt=1.0, description="Beta of the effective number of samples (Cui et al. 2019)."
+    )
+    loss: Literal["cross_entropy", "focal"] = Field("cross_entropy", description="Training loss.")
+    focal_gamma: float = Field(2.0, ge=0.0, le=10.0, description="Focusing parameter of the focal loss.")
+    sampler: Literal["length_grouped", "balanced"] = Field(
+        "length_grouped",
+        description="length_grouped: shuffled batches of similar length; balanced: classes drawn equally often.",
+    )
+    augment: bool = Field(
+        False, description="Random token deletion/swap on minority-class examples (off: it did not measurably help here)."
+    )
+    tune_decision_rule: bool = Field(
+        True, description="Tune a binary threshold or per-class logit bias on validation macro-F1."
+    )
+    calibrate: bool = Field(True, description="Fit a temperature on validation so reported confidences are calibrated.")
+
+    # --- runtime ---------------------------------------------------------------------------
+    seed: int = Field(0, ge=0, description="One seed for splits, sampler, augmentation and initialization.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when available.")
+
+    @model_validator(mode="after")
+    def _splits_leave_training_data(self) -> TrainingArguments:
+        if self.validation_size + self.test_size >= 0.5:
+            raise ValueError(
+                f"validation_size + test_size is {self.validation_size + self.test_size:.2f}; "
+                "keep it under 0.5 so most rows are left for training"
+            )
+        return self
+
+
+def parse_arguments(values: dict[str, object]) -> TrainingArguments:
+    """Validate raw values, turning pydantic's errors into one readable ArgumentsError."""
+    try:
+        return TrainingArguments.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ArgumentsError(f"invalid training arguments: {problems}") from exc

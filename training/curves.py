@@ -1,0 +1,84 @@
+"""Learning curves: what is recorded at each evaluation, saved as JSON and drawn as PNG."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One evaluation. Train scores come from a fixed training subset scored in eval mode,
+    so they are comparable with validation (the generalization gap)."""
+
+    step: int
+    epoch: float
+    train_loss: float | None  # running mean of the optimised objective since the last point
+    train_eval_loss: float
+    train_macro_f1: float
+    val_loss: float
+    val_macro_f1: float
+    val_accuracy: float
+    learning_rate: float
+    samples_per_second: float | None
+    peak_gpu_memory_mb: float | None
+
+
+def save_curves(points: list[CurvePoint], best_step: int, path: Path) -> None:
+    path.write_text(json.dumps({"best_step": best_step, "points": [asdict(p) for p in points]}, indent=2))
+
+
+def load_curves(path: Path) -> tuple[list[CurvePoint], int]:
+    raw = json.loads(path.read_text())
+    return [CurvePoint(**p) for p in raw["points"]], int(raw["best_step"])
+
+
+def plot_curves(points: list[CurvePoint], best_step: int, path: Path, title: str) -> None:
+    """Loss and macro-F1, train vs validation, the selected checkpoint marked."""
+    epochs = [p.epoch for p in points]
+    best_epoch = next(p.epoch for p in points if p.step == best_step)
+    fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot(epochs, [p.train_eval_loss for p in points], "o-", label="train (eval mode)")
+    ax_loss.plot(epochs, [p.val_loss for p in points], "o-", label="validation")
+    running = [(p.epoch, p.train_loss) for p in points if p.train_loss is not None]
+    if running:
+        ax_loss.plot(*zip(*running, strict=True), ":", color="grey", label="training objective")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_f1.plot(epochs, [p.train_macro_f1 for p in points], "o-", label="train (eval mode)")
+    ax_f1.plot(epochs, [p.val_macro_f1 for p in points], "o-", label="validation")
+    ax_f1.set(xlabel="epoch", ylabel="macro-F1", title="macro-F1", ylim=(0, 1.02))
+    for ax in (ax_loss, ax_f1):
+        ax.axvline(best_epoch, color="green", linestyle="--", label="selected checkpoint")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(matrix: np.ndarray, label_names: list[str], path: Path, title: str) -> None:
+    """Row-normalised confusion matrix (true class per row); counts written in small matrices."""
+    k = len(label_names)
+    size = min(4 + 0.25 * k, 24)
+    fig, ax = plt.subplots(figsize=(size, size))
+    totals = matrix.sum(axis=1, keepdims=True).clip(min=1)
+    ax.imshow(matrix / totals, cmap="Blues", vmin=0, vmax=1)
+    ticks = np.arange(k)
+    ax.set_xticks(ticks, label_names, rotation=90, fontsize=max(4, 10 - k // 10))
+    ax.set_yticks(ticks, label_names, fontsize=max(4, 10 - k // 10))
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

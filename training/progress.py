@@ -1,0 +1,37 @@
+"""How a run reports where it is, and how it is told to stop.
+
+The CLI renders progress as a tqdm bar; the service stores it for ``GET /jobs/{id}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Phase = Literal["loading", "training", "calibrating", "saving", "done"]
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: Phase
+    epoch: float = 0.0
+    step: int = 0
+    total_steps: int = 0
+    eta_seconds: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class ProgressCallback(Protocol):
+    def __call__(self, progress: Progress) -> None: ...
+
+
+CancelCheck = Callable[[], bool]
+
+
+def never_cancelled() -> bool:
+    return False
+
+
+def ignore_progress(progress: Progress) -> None:
+    """The default callback: a run without an observer."""

@@ -1,0 +1,86 @@
+"""Stratified, seeded train/validation/test splits that never let a duplicate text leak.
+
+Identical texts form one group and go to one split together; groups are dealt per class
+(by the group's majority label) so every split keeps the class mix.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+from fitgate.errors import DataError
+from training.data import LabelledData
+
+MIN_PER_SPLIT = 1  # each class needs at least this many examples in validation and test
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: LabelledData
+    validation: LabelledData
+    test: LabelledData | None
+
+
+def _subset(data: LabelledData, indices: list[int]) -> LabelledData:
+    indices = sorted(indices)
+    return LabelledData([data.texts[i] for i in indices], [data.labels[i] for i in indices])
+
+
+def split_data(data: LabelledData, *, validation_size: float, test_size: float, seed: int) -> Splits:
+    """Split into train/validation/test (test may be empty when ``test_size`` is 0)."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, text in enumerate(data.texts):
+        groups[text].append(i)
+    groups_by_class: dict[str, list[list[int]]] = defaultdict(list)
+    for members in groups.values():
+        majority = Counter(data.labels[i] for i in members).most_common(1)[0][0]
+        groups_by_class[majority].append(members)
+
+    held_out_parts = [size for size in (validation_size, test_size) if size > 0]
+    needed = 1 + MIN_PER_SPLIT * len(held_out_parts)
+    too_small = {
+        label: len(g) for label, g in groups_by_class.items() if len(g) < needed
+    }
+    if too_small:
+        shown = ", ".join(f"{label!r} has {n}" for label, n in sorted(too_small.items(), key=lambda kv: kv[1])[:5])
+        raise DataError(
+            f"{len(too_small)} classes have too few distinct examples to split ({shown}); each class needs at least "
+            f"{needed} (training plus {MIN_PER_SPLIT} per held-out split): add examples or remove those classes"
+        )
+
+    rng = random.Random(seed)
+    train: list[int] = []
+    validation: list[int] = []
+    test: list[int] = []
+    for label in sorted(groups_by_class):
+        class_groups = groups_by_class[label]
+        rng.shuffle(class_groups)
+        total = sum(len(g) for g in class_groups)
+        targets = [
+            (validation, max(MIN_PER_SPLIT, round(total * validation_size))),
+            (test, max(MIN_PER_SPLIT, round(total * test_size)) if test_size > 0 else 0),
+        ]
+        cursor = 0
+        for bucket, target in targets:
+            taken = 0
+            # always leave at least one group for training
+            while taken < target and cursor < len(class_groups) - 1:
+                bucket.extend(class_groups[cursor])
+                taken += len(class_groups[cursor])
+                cursor += 1
+        for group in class_groups[cursor:]:
+            train.extend(group)
+    return Splits(
+        train=_subset(data, train),
+        validation=_subset(data, validation),
+        test=_subset(data, test) if test_size > 0 else None,
+    )
+
+
+def remove_overlap(train: LabelledData, held_out: list[LabelledData]) -> tuple[LabelledData, int]:
+    """Drop training rows whose text also appears in a held-out file (leakage); return how many."""
+    seen = {text for part in held_out for text in part.texts}
+    keep = [i for i, text in enumerate(train.texts) if text not in seen]
+    return _subset(train, keep), len(train) - len(keep)
