@@ -26,11 +26,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training import evaluation, modeling  # noqa: E402
-from training.arguments import TrainingArguments  # noqa: E402
-from training.data import LabelledData  # noqa: E402
-from training.loop import fine_tune, load_splits  # noqa: E402
-from training.splits import Splits  # noqa: E402
+from training import evaluation, modeling
+from training.arguments import TrainingArguments
+from training.data import LabelledData
+from training.loop import fine_tune, load_splits
+from training.splits import Splits
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 SOURCES = {
@@ -47,8 +47,14 @@ def _write(part: LabelledData, path: Path) -> Path:
     return path
 
 
-def _scores(logits: np.ndarray, labels: np.ndarray, names: list[str], minority: str | None,
-            temperature: float = 1.0, bias: np.ndarray | None = None) -> dict[str, float]:
+def _scores(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    minority: str | None,
+    temperature: float = 1.0,
+    bias: np.ndarray | None = None,
+) -> dict[str, float]:
     bias = np.zeros(len(names)) if bias is None else bias
     pred = evaluation.predict(logits, temperature, bias)
     table = evaluation.per_class_table(labels, pred, names)
@@ -103,8 +109,10 @@ def run_naive(splits: Splits, minority: str | None, epochs: int, seed: int) -> d
 
 def run_fitgate(splits: Splits, minority: str | None, args: TrainingArguments, work: Path) -> dict[str, float]:
     assert splits.test is not None
-    paths = [_write(p, work / f"{n}.csv") for n, p in
-             (("train", splits.train), ("validation", splits.validation), ("test", splits.test))]
+    paths = [
+        _write(p, work / f"{n}.csv")
+        for n, p in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
+    ]
     started = time.perf_counter()
     result = fine_tune(paths[0], work / "run", args, validation_path=paths[1], test_path=paths[2])
     wall = time.perf_counter() - started
@@ -145,8 +153,12 @@ def main() -> None:
         args = TrainingArguments(seed=ns.seed, **({"num_train_epochs": 1} if ns.quick else {}))
         splits, _ = load_splits(train_path, args, None, test_path)
         if ns.quick:
-            splits = Splits(*(LabelledData(p.texts[:n], p.labels[:n]) for p, n in
-                              ((splits.train, 600), (splits.validation, 200), (splits.test, 200))))  # type: ignore[union-attr]
+            splits = Splits(
+                *(
+                    LabelledData(p.texts[:n], p.labels[:n])
+                    for p, n in ((splits.train, 600), (splits.validation, 200), (splits.test, 200))
+                )
+            )  # type: ignore[union-attr]
         for recipe in ns.recipes:
             print(f"running {recipe} on {name} ...", file=sys.stderr, flush=True)
             with tempfile.TemporaryDirectory() as tmp:
@@ -169,8 +181,10 @@ def main() -> None:
     print("| data set | recipe | test macro-F1 | accuracy | minority recall | ECE | wall time (s) | samples/s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['dataset']} | {r['recipe']} | {r['macro_f1']:.4f} | {r['accuracy']:.4f} | "
-              f"{r['minority_recall']:.4f} | {r['ece']:.4f} | {r['wall_seconds']:.0f} | {r['samples_per_second']:.1f} |")
+        print(
+            f"| {r['dataset']} | {r['recipe']} | {r['macro_f1']:.4f} | {r['accuracy']:.4f} | "
+            f"{r['minority_recall']:.4f} | {r['ece']:.4f} | {r['wall_seconds']:.0f} | {r['samples_per_second']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

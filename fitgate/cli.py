@@ -27,12 +27,19 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
         default = info.get_default()
         help_text = f"{info.description} (default: {default})"
         if info.annotation is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                               help=help_text)
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
             continue
         choices = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is typing.Literal else None
-        group.add_argument(flag, dest=name, default=argparse.SUPPRESS, choices=choices,
-                           metavar=None if choices else "VALUE", help=help_text)
+        group.add_argument(
+            flag,
+            dest=name,
+            default=argparse.SUPPRESS,
+            choices=choices,
+            metavar=None if choices else "VALUE",
+            help=help_text,
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

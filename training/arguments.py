@@ -35,13 +35,21 @@ class TrainingArguments(BaseModel):
         0.1, ge=0.0, lt=0.5, description="Share of rows held out for the final test report (0 disables it)."
     )
     max_length: int = Field(
-        128, ge=8, le=512, description="Tokens per text; longer texts are truncated. Batches are padded only to their longest text."
+        128,
+        ge=8,
+        le=512,
+        description="Tokens per text; longer texts are truncated. Batches are padded only to their longest text.",
     )
     max_text_chars: int = Field(
-        20_000, ge=100, description="Rows with a longer text are rejected: such rows are usually a broken file, not data."
+        20_000,
+        ge=100,
+        description="Rows with a longer text are rejected: such rows are usually a broken file, not data.",
     )
     max_empty_share: float = Field(
-        0.1, ge=0.0, le=1.0, description="Empty or whitespace-only texts are dropped and counted; above this share the file is rejected."
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Empty or whitespace-only texts are dropped and counted; above this share the file is rejected.",
     )
 
     # --- model --------------------------------------------------------------------------
@@ -49,7 +57,10 @@ class TrainingArguments(BaseModel):
         None, description="Local Hugging Face BERT-family directory; default: the bundled all-MiniLM-L6-v2."
     )
     dropout: float | None = Field(
-        0.1, ge=0.0, lt=1.0, description="Hidden and attention dropout, overriding the model config (None keeps the config's)."
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Hidden and attention dropout, overriding the model config (None keeps the config's).",
     )
     freeze_layers: int = Field(
         0, ge=0, description="Freeze the embeddings and the lowest N encoder layers (a remedy for tiny data sets)."
@@ -57,7 +68,10 @@ class TrainingArguments(BaseModel):
 
     # --- optimisation ---------------------------------------------------------------------
     learning_rate: float = Field(
-        1e-4, gt=0.0, le=1e-2, description="Peak AdamW learning rate. MiniLM-sized models want more than BERT-base's 2e-5."
+        1e-4,
+        gt=0.0,
+        le=1e-2,
+        description="Peak AdamW learning rate. MiniLM-sized models want more than BERT-base's 2e-5.",
     )
     num_train_epochs: int = Field(
         6, ge=1, le=100, description="Upper bound on epochs; early stopping usually ends the run sooner."
@@ -82,7 +96,9 @@ class TrainingArguments(BaseModel):
 
     # --- evaluation, early stopping, checkpoint selection ---------------------------------
     eval_steps: int | None = Field(
-        None, ge=1, description="Evaluate every N steps; default: every epoch, and every 500 steps when epochs are longer."
+        None,
+        ge=1,
+        description="Evaluate every N steps; default: every epoch, and every 500 steps when epochs are longer.",
     )
     early_stopping_patience: int | None = Field(
         2, ge=1, description="Stop after this many evaluations without macro-F1 gain (None disables early stopping)."
@@ -94,13 +110,15 @@ class TrainingArguments(BaseModel):
         True, description="Restore the checkpoint with the best validation macro-F1 at the end."
     )
     train_eval_size: int = Field(
-        1000, ge=10, description="Fixed training subset re-scored in eval mode at each evaluation (the generalization gap)."
+        1000,
+        ge=10,
+        description="Fixed training subset re-scored in eval mode at each evaluation (the generalization gap).",
     )
 
     # --- class imbalance -------------------------------------------------------------------
     class_weighting: ClassWeighting = Field(
         "auto",
-        description="Loss class weights: auto = 'effective' when the largest class is over 1.5x the smallest, else none.",
+        description="Loss class weights: auto = effective when the largest class is over 1.5x the smallest.",
     )
     effective_number_beta: float = Field(
         0.999, gt=0.0, lt=1.0, description="Beta of the effective number of samples (Cui et al. 2019)."
@@ -112,7 +130,8 @@ class TrainingArguments(BaseModel):
         description="length_grouped: shuffled batches of similar length; balanced: classes drawn equally often.",
     )
     augment: bool = Field(
-        False, description="Random token deletion/swap on minority-class examples (off: it did not measurably help here)."
+        False,
+        description="Random token deletion/swap on minority-class examples (off: it did not measurably help here).",
     )
     tune_decision_rule: bool = Field(
         True, description="Tune a binary threshold or per-class logit bias on validation macro-F1."

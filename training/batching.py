@@ -30,9 +30,7 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length:
     return [list(ids) for ids in encoded["input_ids"]]
 
 
-def collate(
-    ids: Sequence[Sequence[int]], labels: Sequence[int], indices: list[int], pad_id: int
-) -> Batch:
+def collate(ids: Sequence[Sequence[int]], labels: Sequence[int], indices: list[int], pad_id: int) -> Batch:
     width = max(len(x) for x in ids)
     input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(ids), width), dtype=torch.long)

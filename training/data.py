@@ -81,7 +81,9 @@ def read_labelled_file(
 def decode_utf8(raw: bytes) -> str:
     """Decode UTF-8 (BOM allowed); name the line of the first undecodable byte otherwise."""
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise DataFormatError("the file is UTF-16 encoded; save it as UTF-8 (e.g. 'CSV UTF-8' in Excel) and upload again")
+        raise DataFormatError(
+            "the file is UTF-16 encoded; save it as UTF-8 (e.g. 'CSV UTF-8' in Excel) and upload again"
+        )
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -113,10 +115,14 @@ def _parse_jsonl(text: str) -> tuple[list[dict[str, str]], list[str]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataFormatError(f"line {number} is not valid JSON ({exc.msg}); each line must be one JSON object") from exc
+            raise DataFormatError(
+                f"line {number} is not valid JSON ({exc.msg}); each line must be one JSON object"
+            ) from exc
         if not isinstance(record, dict):
-            raise DataFormatError(f"line {number} is a JSON {type(record).__name__}, expected an object like "
-                                  '{"text": "...", "label": "..."}')
+            raise DataFormatError(
+                f"line {number} is a JSON {type(record).__name__}, expected an object like "
+                '{"text": "...", "label": "..."}'
+            )
         row = {str(k): "" if v is None else (v if isinstance(v, str) else json.dumps(v)) for k, v in record.items()}
         columns.update(dict.fromkeys(row))
         rows.append(row)
@@ -168,8 +174,7 @@ def detect_column(columns: list[str], wanted: str | None, candidates: tuple[str,
         if name in by_lower:
             return by_lower[name]
     raise DataError(
-        f"no {role} column found among {columns}; name it one of {list(candidates[:4])} "
-        f"or pass --{role}-column"
+        f"no {role} column found among {columns}; name it one of {list(candidates[:4])} or pass --{role}-column"
     )
 
 
@@ -239,8 +244,7 @@ def validate_rows(
     if numeric and len(numeric) != len(set(labels)):
         words = sorted(set(labels) - set(numeric))[:3]
         raise DataError(
-            f"labels mix numbers ({sorted(numeric)[:3]}) and words ({words}); "
-            "use one kind of label for every row"
+            f"labels mix numbers ({sorted(numeric)[:3]}) and words ({words}); use one kind of label for every row"
         )
 
     counts = Counter(labels)

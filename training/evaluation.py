@@ -57,9 +57,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return best_t
 
 
-def tune_class_bias(
-    logits: np.ndarray, labels: np.ndarray, temperature: float, train_prior: np.ndarray
-) -> np.ndarray:
+def tune_class_bias(logits: np.ndarray, labels: np.ndarray, temperature: float, train_prior: np.ndarray) -> np.ndarray:
     """Decision rule tuned on validation macro-F1; zeros (plain argmax) unless it clearly helps.
 
     Binary: a threshold on the positive-class probability, expressed as a logit bias.
@@ -100,9 +98,7 @@ def per_class_table(labels: np.ndarray, predictions: np.ndarray, label_names: li
     p, r, f, s = precision_recall_fscore_support(
         labels, predictions, labels=list(range(len(label_names))), zero_division=0
     )
-    return [
-        ClassScores(name, float(p[i]), float(r[i]), float(f[i]), int(s[i])) for i, name in enumerate(label_names)
-    ]
+    return [ClassScores(name, float(p[i]), float(r[i]), float(f[i]), int(s[i])) for i, name in enumerate(label_names)]
 
 
 def confusion(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import get_scheduler
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 import fitgate
 from fitgate.errors import FitgateError, TrainingCancelled
@@ -116,12 +116,16 @@ def load_splits(
     data, report = read_labelled_file(data_path, **read)  # type: ignore[arg-type]
     given_val = read_labelled_file(validation_path, **read)[0] if validation_path else None  # type: ignore[arg-type]
     given_test = read_labelled_file(test_path, **read)[0] if test_path else None  # type: ignore[arg-type]
-    splits = split_data(
-        data,
-        validation_size=0.0 if given_val else args.validation_size,
-        test_size=0.0 if given_test else args.test_size,
-        seed=args.seed,
-    ) if not (given_val and given_test) else Splits(data, given_val, given_test)
+    splits = (
+        split_data(
+            data,
+            validation_size=0.0 if given_val else args.validation_size,
+            test_size=0.0 if given_test else args.test_size,
+            seed=args.seed,
+        )
+        if not (given_val and given_test)
+        else Splits(data, given_val, given_test)
+    )
     validation = given_val or splits.validation
     test = given_test or splits.test
     train, leaked = remove_overlap(splits.train, [p for p in (given_val, given_test) if p is not None])
@@ -141,7 +145,7 @@ def load_splits(
 
 @torch.no_grad()
 def score(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     ids: list[list[int]],
     labels: list[int],
     *,
@@ -153,7 +157,7 @@ def score(
     """Logits in input order and the plain (unweighted, unsmoothed) cross-entropy, in eval mode."""
     was_training = model.training
     model.eval()
-    logits = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
+    logits = np.zeros((len(ids), int(model.config.num_labels or 0)), dtype=np.float32)
     for batch in batching.evaluation_batches(ids, labels, batch_size=batch_size, pad_id=pad_id):
         with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
             out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device))
@@ -221,7 +225,7 @@ def fine_tune(
     # model
     model = modeling.load_classifier(base_model, label_names, dropout=args.dropout, seed=args.seed)
     modeling.freeze_lower_layers(model, args.freeze_layers)
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers types .to() as the dtype overload only
     model.train()
 
     # optimizer, schedule, loss
@@ -329,8 +333,7 @@ def fine_tune(
                 else:
                     evals_without_gain += 1
                     stopped_early = (
-                        args.early_stopping_patience is not None
-                        and evals_without_gain >= args.early_stopping_patience
+                        args.early_stopping_patience is not None and evals_without_gain >= args.early_stopping_patience
                     )
                 loss_sum, loss_count, samples, window_start = 0.0, 0, 0, time.perf_counter()
             elapsed = time.perf_counter() - train_started
@@ -400,12 +403,14 @@ def fine_tune(
     return result
 
 
-def save_run(result: RunResult, model: torch.nn.Module, tokenizer: object, args: TrainingArguments) -> None:
+def save_run(
+    result: RunResult, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args: TrainingArguments
+) -> None:
     """Write the selected model, the arguments, the curves, the plots and the report."""
     out = result.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out / "model")  # type: ignore[attr-defined]
-    tokenizer.save_pretrained(out / "model")  # type: ignore[attr-defined]
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
     (out / "arguments.json").write_text(args.model_dump_json(indent=2))
     save_curves(result.curves, result.best_step, out / "curves.json")
     plot_curves(result.curves, result.best_step, out / "learning_curves.png", title=f"fitgate run: {out.name}")

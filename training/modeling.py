@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers import logging as hf_logging
 
 from fitgate.errors import ModelLoadError
@@ -29,9 +35,7 @@ def load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
         ) from exc
 
 
-def load_classifier(
-    base_model: str, label_names: list[str], *, dropout: float | None, seed: int
-) -> torch.nn.Module:
+def load_classifier(base_model: str, label_names: list[str], *, dropout: float | None, seed: int) -> PreTrainedModel:
     """Load ``base_model`` with a new head for ``label_names``; the seed fixes the head's init."""
     if not Path(base_model).is_dir():
         raise ModelLoadError(

@@ -15,7 +15,8 @@ def format_report(result: RunResult) -> str:
         f"(text column {data.text_column!r}, label column {data.label_column!r}); "
         f"{data.empty_texts_dropped} empty texts dropped, {data.duplicate_texts} duplicates, "
         f"{data.conflicting_texts} texts with conflicting labels",
-        "classes: " + ", ".join(f"{k}={v}" for k, v in list(data.class_counts.items())[:20])
+        "classes: "
+        + ", ".join(f"{k}={v}" for k, v in list(data.class_counts.items())[:20])
         + (" ..." if len(data.class_counts) > 20 else ""),
         "splits: " + ", ".join(f"{k} {v}" for k, v in result.split_sizes.items()),
         f"selected checkpoint: step {best.step} (epoch {best.epoch:g}), validation macro-F1 {best.val_macro_f1:.4f}"

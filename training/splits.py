@@ -40,9 +40,7 @@ def split_data(data: LabelledData, *, validation_size: float, test_size: float, 
 
     held_out_parts = [size for size in (validation_size, test_size) if size > 0]
     needed = 1 + MIN_PER_SPLIT * len(held_out_parts)
-    too_small = {
-        label: len(g) for label, g in groups_by_class.items() if len(g) < needed
-    }
+    too_small = {label: len(g) for label, g in groups_by_class.items() if len(g) < needed}
     if too_small:
         shown = ", ".join(f"{label!r} has {n}" for label, n in sorted(too_small.items(), key=lambda kv: kv[1])[:5])
         raise DataError(

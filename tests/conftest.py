@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny randomly initialised BERT with the bundled tokenizer, and CSV writers."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+from transformers import BertConfig, BertForSequenceClassification
+
+from training.modeling import default_base_model, load_tokenizer
+
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+EXAMPLE_CSV = Path(__file__).resolve().parents[1] / "examples" / "sms_spam_sample.csv"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide BERT using MiniLM's vocabulary: trains in seconds on 2 CPU cores."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = load_tokenizer(default_base_model())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "label")) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def keyword_rows(n: int, seed: int = 0, minority_share: float = 0.3) -> list[tuple[str, str]]:
+    """A learnable toy task: 'spam' texts contain words the 'ham' texts never use."""
+    rng = random.Random(seed)
+    ham_words = ["meet", "lunch", "tomorrow", "home", "later", "call", "mum", "see", "you", "soon", "thanks", "ok"]
+    spam_words = ["win", "prize", "cash", "free", "claim", "urgent", "offer", "txt", "now", "reward"]
+    rows = []
+    for i in range(n):
+        spam = rng.random() < minority_share
+        words = rng.choices(spam_words if spam else ham_words, k=rng.randint(3, 12))
+        rows.append((" ".join(words) + f" {i}", "spam" if spam else "ham"))
+    return rows
+
+
+@pytest.fixture
+def keyword_csv(tmp_path: Path) -> Path:
+    return write_csv(tmp_path / "train.csv", keyword_rows(300))

@@ -1,0 +1,111 @@
+"""The fitgate command line: documented options, readable errors, a real run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fitgate.cli import main
+from tests.conftest import EXAMPLE_CSV, SHARED_DATASETS
+from training.arguments import TrainingArguments
+
+
+def test_help_documents_every_training_option_with_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in (
+        "--learning-rate",
+        "--num-train-epochs",
+        "--per-device-train-batch-size",
+        "--weight-decay",
+        "--warmup-ratio",
+        "--label-smoothing-factor",
+        "--seed",
+    ):
+        assert flag in text
+    for name, info in TrainingArguments.model_fields.items():
+        assert f"--{name.replace('_', '-')}" in text
+        assert f"(default: {info.get_default()})" in text
+
+
+def test_bad_data_prints_one_clear_line_and_no_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nonly,one\nclass,one\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "fitgate.cli", "finetune", str(bad), "-o", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "fitgate: error: found only one class ('one', 2 rows); a classifier needs at least 2 classes"
+    )
+    assert "Traceback" not in proc.stderr
+
+
+def test_out_of_bounds_option_is_refused_with_its_name(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["finetune", str(EXAMPLE_CSV), "-o", str(tmp_path / "r"), "--learning-rate", "5"]) == 2
+    assert "learning_rate: Input should be less than or equal to 0.01" in capsys.readouterr().err
+
+
+def test_finetune_prints_the_per_class_table_and_macro_f1(
+    capsys: pytest.CaptureFixture[str], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    code = main(
+        [
+            "finetune",
+            str(EXAMPLE_CSV),
+            "-o",
+            str(tmp_path / "run"),
+            "--base-model",
+            str(tiny_model_dir),
+            "--max-steps",
+            "5",
+            "--early-stopping-patience",
+            "none",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "ham " in out and "spam " in out and "precision" in out
+    assert "test macro-F1: " in out
+    assert (tmp_path / "run" / "learning_curves.png").is_file()
+
+
+@pytest.mark.slow
+def test_real_minilm_fine_tunes_on_sms_spam(tmp_path: Path) -> None:
+    """The bundled all-MiniLM-L6-v2, a few steps on real SMS data: it must already separate spam."""
+    source = SHARED_DATASETS / "sms_spam" / "sms_spam.csv"
+    if not source.exists():
+        pytest.skip(f"{source} is absent: this test needs ../shared/datasets beside the checkout")
+    lines = source.read_text(encoding="utf-8").splitlines()
+    sample = tmp_path / "sms.csv"
+    sample.write_text("\n".join(lines[:601]) + "\n", encoding="utf-8")
+    code = main(
+        [
+            "finetune",
+            str(sample),
+            "-o",
+            str(tmp_path / "run"),
+            "--max-steps",
+            "30",
+            "--quiet",
+            "--early-stopping-patience",
+            "none",
+            "--eval-steps",
+            "15",
+        ]
+    )
+    assert code == 0
+    report = (tmp_path / "run" / "report.json").read_text()
+    import json
+
+    result = json.loads(report)
+    assert result["test"]["macro_f1"] > 0.8
+    assert result["curves"][-1]["val_loss"] < result["curves"][0]["val_loss"]

@@ -1,0 +1,140 @@
+"""Reading labelled files: every format we promise, and a specific message for every bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fitgate.errors import DataError, DataFormatError
+from training.data import read_labelled_file
+
+
+def _file(tmp_path: Path, content: str | bytes, name: str = "data.csv") -> Path:
+    path = tmp_path / name
+    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return path
+
+
+def _read(tmp_path: Path, content: str | bytes, name: str = "data.csv", **kwargs: object):
+    return read_labelled_file(_file(tmp_path, content, name), **kwargs)  # type: ignore[arg-type]
+
+
+ROWS = "hello there,ham\nwin cash now,spam\nsee you,ham\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "name"),
+    [
+        ("text,label\n" + ROWS, "data.csv"),
+        ("text;label\n" + ROWS.replace(",", ";"), "data.csv"),
+        ("text\tlabel\n" + ROWS.replace(",", "\t"), "data.csv"),
+        ("text\tlabel\n" + ROWS.replace(",", "\t"), "data.tsv"),
+        ("\ufefftext,label\n" + ROWS, "data.csv"),
+        (
+            '{"text": "hello there", "label": "ham"}\n{"text": "win cash now", "label": "spam"}\n'
+            '{"text": "see you", "label": "ham"}\n',
+            "data.jsonl",
+        ),
+    ],
+    ids=["comma", "semicolon", "tab-sniffed", "tsv", "utf8-bom", "jsonl"],
+)
+def test_reads_every_supported_format(tmp_path: Path, content: str, name: str) -> None:
+    data, report = _read(tmp_path, content, name)
+    assert data.texts == ["hello there", "win cash now", "see you"]
+    assert data.labels == ["ham", "spam", "ham"]
+    assert report.class_counts == {"ham": 2, "spam": 1}
+
+
+def test_detects_common_column_names_case_insensitively(tmp_path: Path) -> None:
+    data, report = _read(tmp_path, "id,Sentence,Intent\n1,hi,greet\n2,bye,leave\n")
+    assert (report.text_column, report.label_column) == ("Sentence", "Intent")
+    assert data.labels == ["greet", "leave"]
+
+
+def test_explicit_columns_override_detection(tmp_path: Path) -> None:
+    data, _ = _read(tmp_path, "a,b,text\nhi,x,ignored\nbye,y,ignored\n", text_column="a", label_column="b")
+    assert data.texts == ["hi", "bye"]
+
+
+def test_report_lists_duplicates_and_conflicting_labels(tmp_path: Path) -> None:
+    _, report = _read(tmp_path, "text,label\nsame,a\nsame,a\nclash,a\nclash,b\nother,b\n")
+    assert report.duplicate_texts == 2
+    assert report.conflicting_texts == 1
+    assert report.conflicting_examples == ["clash"]
+
+
+def test_empty_texts_are_dropped_and_counted(tmp_path: Path) -> None:
+    rows = "".join(f"text {i},{'a' if i % 2 else 'b'}\n" for i in range(20))
+    data, report = _read(tmp_path, "text,label\n" + rows + "   ,a\n")
+    assert report.empty_texts_dropped == 1
+    assert len(data) == 20
+
+
+@pytest.mark.parametrize(
+    ("content", "error", "message"),
+    [
+        ("", DataFormatError, "the file is empty"),
+        ("text,label\n", DataError, "header but no data rows"),
+        ("message,kind\nhi,a\nbye,b\n", DataError, "no label column found among ['message', 'kind']"),
+        ("foo,label\nhi,a\nbye,b\n", DataError, "no text column found among ['foo', 'label']"),
+        ("text,label\nhi,a\nbye,a\n", DataError, "found only one class ('a', 2 rows)"),
+        ("text,label\nhi,1\nbye,2\nyo,cat\n", DataError, "labels mix numbers"),
+        ("text,label\nhi,a\n,b\n,a\n,b\n", DataError, "3 of 4 rows (75%) have an empty text"),
+        ("text,label\nhi,a\nbye,\n", DataError, "1 rows have no label (rows [3])"),
+        ("text,label\n" + "x" * 30_000 + ",a\nbye,b\n", DataError, "row 2 (30,000 chars)"),
+        ('text,label\n"unbalanced,a\nbye,b\n', DataFormatError, "unbalanced quotes"),
+        ("text,label\nhi,a,extra\n", DataFormatError, "row 2 has 3 fields but the header has 2"),
+        ("justonecolumn\nhi\n", DataFormatError, "found one column ('justonecolumn')"),
+    ],
+    ids=[
+        "empty",
+        "header-only",
+        "missing-label-column",
+        "missing-text-column",
+        "one-class",
+        "mixed-label-types",
+        "mostly-empty-texts",
+        "missing-label",
+        "text-too-long",
+        "unbalanced-quotes",
+        "ragged-row",
+        "one-column",
+    ],
+)
+def test_bad_data_gets_a_specific_message(tmp_path: Path, content: str, error: type[Exception], message: str) -> None:
+    with pytest.raises(error) as excinfo:
+        _read(tmp_path, content)
+    assert message in str(excinfo.value)
+
+
+def test_explicit_column_that_is_missing_names_the_columns_found(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"label column 'intent' not found; the file has columns \['text', 'label'\]"):
+        _read(tmp_path, "text,label\nhi,a\n", label_column="intent")
+
+
+def test_undecodable_bytes_name_the_line(tmp_path: Path) -> None:
+    content = b"text,label\nhello,a\ncaf\xe9 au lait,b\n"
+    with pytest.raises(DataFormatError, match=r"line 3 is not valid UTF-8 \(byte 0xe9"):
+        _read(tmp_path, content)
+
+
+def test_utf16_is_refused_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(DataFormatError, match="UTF-16 encoded; save it as UTF-8"):
+        _read(tmp_path, "text,label\nhi,a\n".encode("utf-16"))
+
+
+def test_binary_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataFormatError, match="NUL bytes"):
+        _read(tmp_path, b"PK\x03\x04\x00\x00binary")
+
+
+def test_jsonl_line_that_is_not_an_object_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DataFormatError, match="line 2 is a JSON list"):
+        _read(tmp_path, '{"text": "a", "label": "x"}\n[1, 2]\n', "data.jsonl")
+
+
+def test_too_many_classes_is_refused(tmp_path: Path) -> None:
+    rows = "".join(f"text {i},label{i}\n" for i in range(1500))
+    with pytest.raises(DataError, match="1,500 distinct labels"):
+        _read(tmp_path, "text,label\n" + rows)

@@ -1,0 +1,146 @@
+"""The fine-tuning run end to end on a tiny BERT: outputs, early stopping, cancel, progress."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fitgate.errors import TrainingCancelled
+from tests.conftest import keyword_rows, write_csv
+from training.arguments import TrainingArguments
+from training.curves import load_curves
+from training.loop import fine_tune, load_splits, score
+from training.modeling import load_classifier, load_tokenizer
+from training.progress import Progress
+
+
+def _args(tiny_model_dir: Path, **overrides: object) -> TrainingArguments:
+    values: dict[str, object] = dict(
+        base_model=str(tiny_model_dir),
+        learning_rate=5e-3,
+        num_train_epochs=4,
+        per_device_train_batch_size=16,
+        train_eval_size=100,
+        max_length=32,
+    )
+    return TrainingArguments(**{**values, **overrides})  # type: ignore[arg-type]
+
+
+def test_run_learns_a_learnable_task_and_writes_the_run_directory(
+    tiny_model_dir: Path, keyword_csv: Path, tmp_path: Path
+) -> None:
+    result = fine_tune(keyword_csv, tmp_path / "run", _args(tiny_model_dir))
+    out = tmp_path / "run"
+    for name in (
+        "model/config.json",
+        "model/model.safetensors",
+        "model/tokenizer.json",
+        "arguments.json",
+        "curves.json",
+        "learning_curves.png",
+        "confusion_matrix.png",
+        "report.json",
+    ):
+        assert (out / name).is_file(), name
+    assert result.test is not None and result.test.macro_f1 > 0.9
+    assert result.curves[0].step == 0  # the curve's own start is recorded
+    assert result.curves[0].val_loss == pytest.approx(np.log(2), abs=0.3)
+    report = json.loads((out / "report.json").read_text())
+    assert {c["label"] for c in report["test"]["per_class"]} == {"ham", "spam"}
+    assert TrainingArguments.model_validate_json((out / "arguments.json").read_text()) == result_args(out)
+
+
+def result_args(out: Path) -> TrainingArguments:
+    return TrainingArguments.model_validate(json.loads((out / "arguments.json").read_text()))
+
+
+def test_curves_record_everything_diagnosis_needs(tiny_model_dir: Path, keyword_csv: Path, tmp_path: Path) -> None:
+    fine_tune(keyword_csv, tmp_path / "run", _args(tiny_model_dir, num_train_epochs=2))
+    points, best_step = load_curves(tmp_path / "run" / "curves.json")
+    assert [p.epoch for p in points] == [0.0, 1.0, 2.0]
+    assert best_step in {p.step for p in points}
+    trained = points[1:]
+    assert all(p.train_loss is not None and p.samples_per_second for p in trained)
+    assert all(0 <= p.train_macro_f1 <= 1 and 0 <= p.val_macro_f1 <= 1 for p in points)
+    assert trained[0].learning_rate > trained[-1].learning_rate  # linear decay after warmup
+
+
+def test_early_stopping_stops_after_patience_and_restores_the_best_checkpoint(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    rng = random.Random(0)
+    noise = [(f"{' '.join(rng.choices('abcdefghij', k=6))} {i}", rng.choice(["x", "y"])) for i in range(300)]
+    data = write_csv(tmp_path / "noise.csv", noise)  # labels carry no signal: validation F1 wanders
+    args = _args(
+        tiny_model_dir,
+        num_train_epochs=30,
+        early_stopping_patience=2,
+        early_stopping_threshold=0.0,
+        test_size=0.0,
+        validation_size=0.2,
+    )
+    result = fine_tune(data, tmp_path / "run", args)
+    assert result.stopped_early and result.curves[-1].epoch < 30
+    trained = result.curves[1:]
+    best = max(trained, key=lambda p: p.val_macro_f1)
+    assert result.best_step == best.step
+    after_best = [p for p in trained if p.step > best.step]
+    assert len(after_best) == 2  # exactly the patience
+    # the saved model is the best checkpoint, not the last one
+    splits, _ = load_splits(data, args)
+    tokenizer = load_tokenizer(str(tmp_path / "run" / "model"))
+    model = load_classifier(str(tmp_path / "run" / "model"), ["x", "y"], dropout=None, seed=0)
+    ids = [tokenizer(t, truncation=True, max_length=32)["input_ids"] for t in splits.validation.texts]
+    labels = [["x", "y"].index(x) for x in splits.validation.labels]
+    _, loss = score(model, ids, labels, batch_size=64, pad_id=0, device=torch.device("cpu"), autocast=None)
+    assert loss == pytest.approx(best.val_loss, abs=1e-4)
+
+
+def test_without_best_restore_the_last_evaluation_is_exported(
+    tiny_model_dir: Path, keyword_csv: Path, tmp_path: Path
+) -> None:
+    result = fine_tune(
+        keyword_csv,
+        tmp_path / "run",
+        _args(tiny_model_dir, load_best_model_at_end=False, early_stopping_patience=None, num_train_epochs=2),
+    )
+    assert result.best_step == result.curves[-1].step
+
+
+def test_cancel_stops_between_steps_and_writes_nothing(tiny_model_dir: Path, keyword_csv: Path, tmp_path: Path) -> None:
+    calls = iter(range(1000))
+    with pytest.raises(TrainingCancelled, match="cancelled at step 3"):
+        fine_tune(keyword_csv, tmp_path / "run", _args(tiny_model_dir), should_cancel=lambda: next(calls) >= 3)
+    assert not (tmp_path / "run").exists()
+
+
+def test_progress_reports_phases_steps_and_eta(tiny_model_dir: Path, keyword_csv: Path, tmp_path: Path) -> None:
+    seen: list[Progress] = []
+    fine_tune(keyword_csv, tmp_path / "run", _args(tiny_model_dir, num_train_epochs=1), on_progress=seen.append)
+    phases = [p.phase for p in seen]
+    assert phases[0] == "loading" and phases[-1] == "done"
+    assert {"training", "calibrating", "saving"} <= set(phases)
+    training = [p for p in seen if p.phase == "training"]
+    assert [p.step for p in training] == list(range(1, len(training) + 1))
+    assert training[-1].step == training[-1].total_steps and training[-1].eta_seconds == 0
+    assert "val_macro_f1" in training[-1].metrics
+
+
+def test_same_seed_gives_the_same_run(tiny_model_dir: Path, keyword_csv: Path, tmp_path: Path) -> None:
+    args = _args(tiny_model_dir, num_train_epochs=1)
+    first = fine_tune(keyword_csv, tmp_path / "a", args)
+    second = fine_tune(keyword_csv, tmp_path / "b", args)
+    assert [p.val_loss for p in first.curves] == [p.val_loss for p in second.curves]
+
+
+def test_class_weights_are_on_for_imbalanced_data(tiny_model_dir: Path, tmp_path: Path) -> None:
+    data = write_csv(tmp_path / "imb.csv", keyword_rows(300, minority_share=0.1))
+    result = fine_tune(data, tmp_path / "run", _args(tiny_model_dir, num_train_epochs=1))
+    assert result.class_weights is not None
+    ham, spam = result.class_weights  # labels are sorted: ham, spam
+    assert spam > ham

@@ -1,0 +1,68 @@
+"""Splits: stratified, seeded, and leak-free."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from fitgate.errors import DataError
+from training.data import LabelledData
+from training.splits import remove_overlap, split_data
+
+
+def _data(counts: dict[str, int], duplicates: int = 0) -> LabelledData:
+    texts, labels = [], []
+    for label, n in counts.items():
+        for i in range(n):
+            texts.append(f"{label} example {i % (n - duplicates) if duplicates else i}")
+            labels.append(label)
+    return LabelledData(texts, labels)
+
+
+def test_split_is_stratified_80_10_10() -> None:
+    splits = split_data(_data({"ham": 900, "spam": 100}), validation_size=0.1, test_size=0.1, seed=0)
+    assert splits.test is not None
+    assert Counter(splits.validation.labels) == {"ham": 90, "spam": 10}
+    assert Counter(splits.test.labels) == {"ham": 90, "spam": 10}
+    assert Counter(splits.train.labels) == {"ham": 720, "spam": 80}
+
+
+def test_same_seed_same_split_other_seed_other_split() -> None:
+    data = _data({"a": 50, "b": 50})
+    first = split_data(data, validation_size=0.1, test_size=0.1, seed=1)
+    assert first == split_data(data, validation_size=0.1, test_size=0.1, seed=1)
+    assert first.validation.texts != split_data(data, validation_size=0.1, test_size=0.1, seed=2).validation.texts
+
+
+def test_duplicate_texts_never_straddle_two_splits() -> None:
+    data = _data({"a": 200, "b": 200}, duplicates=100)  # every text appears twice
+    splits = split_data(data, validation_size=0.1, test_size=0.1, seed=0)
+    assert splits.test is not None
+    train, val, test = set(splits.train.texts), set(splits.validation.texts), set(splits.test.texts)
+    assert not (train & val) and not (train & test) and not (val & test)
+    assert len(splits.train) + len(splits.validation) + len(splits.test) == 400
+
+
+def test_every_class_reaches_every_split_even_when_tiny() -> None:
+    splits = split_data(_data({"big": 500, "tiny": 3}), validation_size=0.1, test_size=0.1, seed=0)
+    assert splits.test is not None
+    for part in (splits.train, splits.validation, splits.test):
+        assert "tiny" in part.labels
+
+
+def test_class_too_small_to_split_is_named_with_its_count() -> None:
+    with pytest.raises(DataError, match=r"'rare' has 2.*needs at least 3"):
+        split_data(_data({"common": 100, "rare": 2}), validation_size=0.1, test_size=0.1, seed=0)
+
+
+def test_without_test_split_two_examples_per_class_suffice() -> None:
+    splits = split_data(_data({"common": 100, "rare": 2}), validation_size=0.1, test_size=0.0, seed=0)
+    assert splits.test is None
+    assert splits.validation.labels.count("rare") == 1
+
+
+def test_rows_also_in_a_given_validation_file_are_removed_from_training() -> None:
+    train = LabelledData(["a", "b", "c"], ["x", "y", "x"])
+    cleaned, dropped = remove_overlap(train, [LabelledData(["b"], ["y"])])
+    assert (cleaned.texts, dropped) == (["a", "c"], 1)
