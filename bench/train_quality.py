@@ -12,7 +12,6 @@ from the bundled all-MiniLM-L6-v2 and see the same train/validation/test rows.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 import sys
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training import evaluation, modeling
 from training.arguments import TrainingArguments
-from training.data import LabelledData
+from training.data import LabelledData, write_labelled_csv
 from training.loop import fine_tune, load_splits
 from training.splits import Splits
 
@@ -37,14 +36,6 @@ SOURCES = {
     "sms_spam": (DATASETS / "sms_spam" / "sms_spam.csv", None, "spam"),
     "banking77": (DATASETS / "banking77" / "banking77_train.csv", DATASETS / "banking77" / "banking77_test.csv", None),
 }
-
-
-def _write(part: LabelledData, path: Path) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        w.writerows(zip(part.texts, part.labels, strict=True))
-    return path
 
 
 def _scores(
@@ -110,7 +101,7 @@ def run_naive(splits: Splits, minority: str | None, epochs: int, seed: int) -> d
 def run_fitgate(splits: Splits, minority: str | None, args: TrainingArguments, work: Path) -> dict[str, float]:
     assert splits.test is not None
     paths = [
-        _write(p, work / f"{n}.csv")
+        write_labelled_csv(p, work / f"{n}.csv")
         for n, p in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
     ]
     started = time.perf_counter()

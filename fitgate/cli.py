@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import typing
 from pathlib import Path
@@ -15,9 +16,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 import fitgate
-from fitgate.errors import FitgateError
+from fitgate.errors import FitgateError, GateBlocked, ModelNotFound
+from fitgate.settings import Settings
+from models.names import ModelName
 from training.arguments import TrainingArguments, parse_arguments
 from training.progress import Progress
+
+EXIT_ERROR = 2
+EXIT_BLOCKED = 3  # the gate refused the model: distinct from a usage or data error
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +62,33 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--validation-file", type=Path, help="separate validation file (default: carved from DATA)")
     finetune.add_argument("--test-file", type=Path, help="separate test file (default: carved from DATA)")
     finetune.add_argument("--quiet", action="store_true", help="no progress bar")
+    finetune.add_argument(
+        "--model-name", help="team/name to register a passing model under (default: local/<output folder name>)"
+    )
+    finetune.add_argument("--no-export", action="store_true", help="diagnose only: no ONNX export, no registration")
+    finetune.add_argument("--no-promote", action="store_true", help="register a passing model without serving it")
     _add_training_options(finetune)
+
+    export = commands.add_parser(
+        "export",
+        help="diagnose a finished run and, if it passes, export and register it",
+        description="Re-run diagnosis on RUN_DIR with the operator's gate settings; export and register if it passes.",
+    )
+    export.add_argument("run_dir", type=Path, help="a run directory written by `fitgate finetune`")
+    export.add_argument("--model-name", required=True, help="team/name to register the model under")
+    export.add_argument("--no-promote", action="store_true", help="register without serving it")
+
+    models = commands.add_parser("models", help="list, inspect, promote and roll back registered models")
+    actions = models.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every model, its versions and which one is current")
+    show = actions.add_parser("show", help="one model's versions, verdicts and metrics")
+    show.add_argument("name", help="team/name")
+    show.add_argument("--version", help="print this version's bundle.json")
+    promote = actions.add_parser("promote", help="serve VERSION of a model")
+    promote.add_argument("name", help="team/name")
+    promote.add_argument("version")
+    rollback = actions.add_parser("rollback", help="serve the previously current version again")
+    rollback.add_argument("name", help="team/name")
     return parser
 
 
@@ -82,11 +114,43 @@ class _ProgressBar:
             tqdm.write(f"[{progress.phase}]", file=sys.stderr)
 
 
+def _default_model_name(output: Path) -> ModelName:
+    slug = re.sub(r"[^a-z0-9_-]+", "-", output.resolve().name.lower())[:30].strip("-_") or "model"
+    return ModelName.parse(f"local/{slug}")
+
+
+def _release(run_dir: Path, name: ModelName, promote: bool) -> int:
+    from models.gate import open_registry, release
+
+    settings = Settings()
+    try:
+        released = release(run_dir, name, settings, open_registry(settings), promote=promote)
+    except GateBlocked as exc:
+        print(exc.message)
+        print(f"the report, curves and per-class table stay in {run_dir}")
+        return EXIT_BLOCKED
+    print(released.diagnosis.summary())
+    state = "and promoted: it is now the current version" if released.promoted else "(not promoted)"
+    print(f"registered {released.name} version {released.version} {state}")
+    return 0
+
+
 def _finetune(ns: argparse.Namespace) -> int:
     from training.loop import fine_tune  # heavy imports (torch) only for this command
     from training.report import format_report
 
-    reserved = {"command", "data", "output", "validation_file", "test_file", "quiet"}
+    reserved = {
+        "command",
+        "data",
+        "output",
+        "validation_file",
+        "test_file",
+        "quiet",
+        "model_name",
+        "no_export",
+        "no_promote",
+    }
+    name = ModelName.parse(ns.model_name) if ns.model_name else _default_model_name(ns.output)
     given = {k: v for k, v in vars(ns).items() if k not in reserved}
     args = parse_arguments({k: None if str(v).lower() in ("none", "null") else v for k, v in given.items()})
     result = fine_tune(
@@ -98,6 +162,47 @@ def _finetune(ns: argparse.Namespace) -> int:
         on_progress=_ProgressBar(enabled=not ns.quiet),
     )
     print(format_report(result))
+    if ns.no_export:
+        from models.gate import diagnose_and_record
+        from training.rundir import RunDirectory
+
+        diagnosis = diagnose_and_record(RunDirectory.open(ns.output), Settings())
+        print(diagnosis.summary())
+        return 0 if diagnosis.passed else EXIT_BLOCKED
+    return _release(ns.output, name, promote=not ns.no_promote)
+
+
+def _models(ns: argparse.Namespace) -> int:
+    from models.gate import open_registry
+
+    registry = open_registry(Settings())
+    if ns.action == "list":
+        for v in registry.versions():
+            print(
+                f"{v.model:<40} {v.version:<20} {'current' if v.current else '':<8} "
+                f"macro-F1 {v.summary['metrics']['macro_f1']:.4f}"
+            )
+        return 0
+    name = ModelName.parse(ns.name)
+    if ns.action == "show":
+        if ns.version:
+            print(registry.spec(name, ns.version).model_dump_json(indent=2))
+            return 0
+        versions = registry.versions(name)
+        if not versions:
+            raise ModelNotFound(f"no model named {name}; `fitgate models list` shows the registered ones")
+        for v in versions:
+            m = v.summary["metrics"]
+            print(
+                f"{v.version:<20} {'current' if v.current else '':<8} verdict {v.summary['verdict']:<7} "
+                f"macro-F1 {m['macro_f1']:.4f} accuracy {m['accuracy']:.4f} ({m['evaluated_on']})"
+            )
+        return 0
+    if ns.action == "promote":
+        registry.promote(name, ns.version)
+        print(f"{name}: version {ns.version} is now current")
+        return 0
+    print(f"{name}: rolled back; version {registry.rollback(name)} is current again")
     return 0
 
 
@@ -107,9 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if ns.command == "finetune":
             return _finetune(ns)
+        if ns.command == "export":
+            return _release(ns.run_dir, ModelName.parse(ns.model_name), promote=not ns.no_promote)
+        if ns.command == "models":
+            return _models(ns)
     except FitgateError as exc:
         print(f"fitgate: error: {exc.message}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     return 1
 
 

@@ -78,6 +78,15 @@ def read_labelled_file(
     )
 
 
+def write_labelled_csv(data: LabelledData, path: Path) -> Path:
+    """Write examples as a ``text,label`` CSV (the format read back by :func:`read_labelled_file`)."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows(zip(data.texts, data.labels, strict=True))
+    return path
+
+
 def decode_utf8(raw: bytes) -> str:
     """Decode UTF-8 (BOM allowed); name the line of the first undecodable byte otherwise."""
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):

@@ -7,6 +7,7 @@ early stop, keep best) -> restore best -> calibrate -> final scores -> save.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ from fitgate.errors import FitgateError, TrainingCancelled
 from training import batching, evaluation, losses, modeling
 from training.arguments import TrainingArguments
 from training.curves import CurvePoint, plot_confusion, plot_curves, save_curves
-from training.data import DataReport, LabelledData, read_labelled_file
+from training.data import DataReport, LabelledData, read_labelled_file, write_labelled_csv
 from training.progress import CancelCheck, Progress, ProgressCallback, ignore_progress, never_cancelled
 from training.splits import Splits, remove_overlap, split_data
 
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 LONG_EPOCH_STEPS = 1000  # epochs longer than this are also evaluated every EVAL_EVERY_LONG steps
 EVAL_EVERY_LONG = 500
 AUGMENT_BELOW_SHARE_OF_LARGEST = 0.5  # classes smaller than this share of the largest get augmented
+VALIDATION_CSV = "validation.csv"
+VALIDATION_LOGITS = "validation_logits.npy"
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class RunResult:
     """Everything a run produced; the run directory holds the same as files."""
 
     output_dir: Path
+    base_model: str
+    data_sha256: dict[str, str]
     label_names: list[str]
     curves: list[CurvePoint]
     best_step: int
@@ -64,6 +69,7 @@ class RunResult:
     test: SplitScores | None
     data_report: DataReport
     split_sizes: dict[str, int]
+    train_class_counts: list[int]
     train_seconds: float
     total_seconds: float
     device: str
@@ -379,6 +385,12 @@ def fine_tune(
     output_dir = Path(output_dir)
     result = RunResult(
         output_dir=output_dir,
+        base_model=base_model,
+        data_sha256={
+            role: hashlib.sha256(Path(p).read_bytes()).hexdigest()
+            for role, p in (("train", data_path), ("validation", validation_path), ("test", test_path))
+            if p is not None
+        },
         label_names=label_names,
         curves=curves,
         best_step=selected_step,
@@ -394,21 +406,33 @@ def fine_tune(
             "validation": len(val_ids),
             "test": len(splits.test) if splits.test is not None else 0,
         },
+        train_class_counts=counts.tolist(),
         train_seconds=train_seconds,
         total_seconds=time.perf_counter() - started,
         device=str(device),
     )
-    save_run(result, model.cpu(), tokenizer, args)
+    save_run(result, model.cpu(), tokenizer, args, splits.validation, val_logits)
     on_progress(Progress("done", step=step, total_steps=total_steps, metrics={"val_macro_f1": val_scores.macro_f1}))
     return result
 
 
 def save_run(
-    result: RunResult, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, args: TrainingArguments
+    result: RunResult,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    args: TrainingArguments,
+    validation: LabelledData,
+    validation_logits: np.ndarray,
 ) -> None:
-    """Write the selected model, the arguments, the curves, the plots and the report."""
+    """Write the selected model, the arguments, the curves, the plots and the report.
+
+    The validation rows and their logits are kept too: diagnosis, the ONNX parity check
+    and the drift reference statistics are all computed on them.
+    """
     out = result.output_dir
     out.mkdir(parents=True, exist_ok=True)
+    write_labelled_csv(validation, out / VALIDATION_CSV)
+    np.save(out / VALIDATION_LOGITS, validation_logits)
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     (out / "arguments.json").write_text(args.model_dump_json(indent=2))

@@ -1,0 +1,56 @@
+"""The one settings class: every operator-facing default, read from ``FITGATE_*`` variables.
+
+Gate thresholds live here, not in the training arguments: a request can change how a
+model is trained, never whether a bad one is exported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FITGATE_", frozen=True, use_attribute_docstrings=True)
+
+    data_dir: Path = Path("fitgate-data")
+    """Where fitgate keeps its state: runs and the registry database."""
+    model_store: Path | None = None
+    """BentoML home holding the model store (default: data_dir/bentoml); shared by every replica."""
+
+    # --- the gate (see docs/GATE.md for the reasoning behind each default) -------------------
+    gate_max_f1_gap: float = Field(0.15, ge=0.0, le=1.0)
+    """Overfit when train-minus-validation macro-F1 exceeds this AND validation loss diverged."""
+    gate_severe_f1_gap: float = Field(0.35, ge=0.0, le=1.0)
+    """Overfit on the gap alone: memorised training data that validation does not confirm."""
+    gate_loss_giveback: float = Field(0.25, ge=0.0)
+    """Share of its improvement that validation loss gave back by the checkpoint (with a large gap)."""
+    gate_severe_loss_giveback: float = Field(1.0, ge=0.0)
+    """Validation loss back above where it started: overfit whatever the gap."""
+    gate_min_train_loss_drop: float = Field(0.2, ge=0.0, le=1.0)
+    """Underfit when training loss fell less than this share from its start."""
+    gate_train_f1_margin: float = Field(0.1, ge=0.0, le=1.0)
+    """Underfit when training macro-F1 is within this of the best trivial baseline."""
+    gate_skill_margin: float = Field(0.05, ge=0.0, le=1.0)
+    """No skill unless the bootstrap lower bound of validation macro-F1 beats the baseline by this."""
+    gate_bootstrap_samples: int = Field(1000, ge=100, le=100_000)
+    """Bootstrap resamples for the validation macro-F1 confidence interval (95%, one-sided 5%)."""
+    gate_min_class_support: int = Field(5, ge=1)
+    """Validation examples a class needs before a zero recall counts as degenerate."""
+
+    # --- export --------------------------------------------------------------------------------
+    parity_min_agreement: float = Field(0.999, ge=0.0, le=1.0)
+    """ONNX vs PyTorch argmax agreement required on the validation set."""
+    parity_max_abs_diff: float = Field(1e-4, ge=0.0)
+    """ONNX vs PyTorch largest absolute probability difference allowed."""
+    quantize: bool = Field(True)
+    """Try int8 dynamic quantization; kept only within the two limits below."""
+    quantize_max_f1_drop: float = Field(0.01, ge=0.0, le=1.0)
+    """Largest validation macro-F1 loss (absolute) accepted from int8."""
+    quantize_min_agreement: float = Field(0.99, ge=0.0, le=1.0)
+    """Smallest int8 vs fp32 argmax agreement accepted."""
+
+    def bentoml_home(self) -> Path:
+        return self.model_store or self.data_dir / "bentoml"

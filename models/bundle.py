@@ -1,0 +1,94 @@
+"""The model bundle: everything the server needs to answer, and nothing it does not.
+
+bundle.json          labels, inference settings, reference statistics, provenance
+model.onnx           fp32 graph (always)
+model.int8.onnx      int8 graph (only when it kept quality)
+tokenizer/           tokenizer.json and friends
+report/              report.json, diagnosis.json, curves.json, PNG plots
+manifest.json        sha256 of every other file; the loader refuses a mismatch
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from fitgate.errors import BundleCorrupt
+
+BUNDLE_FORMAT = 1
+MANIFEST = "manifest.json"
+SPEC = "bundle.json"
+
+
+class ReferenceStatistics(BaseModel):
+    """Validation-set statistics the drift monitors compare live traffic with."""
+
+    class_distribution: list[float]
+    confidence_quantiles: list[float]  # at QUANTILE_LEVELS
+    input_length_quantiles: list[float]  # tokens, special tokens included
+    unknown_token_rate_quantiles: list[float]
+    quantile_levels: list[float]
+    truncated_share: float
+    low_confidence_threshold: float  # the 5th percentile of validation confidence
+    probability_sample: list[list[float]]  # up to 500 predicted probability vectors
+    examples: int
+
+
+class BundleSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: int = BUNDLE_FORMAT
+    labels: list[str]
+    max_length: int
+    temperature: float
+    class_bias: list[float]
+    onnx_fp32: str
+    onnx_int8: str | None
+    input_names: list[str]
+    reference: ReferenceStatistics
+    parity: dict[str, Any]
+    quantization: dict[str, Any]
+    metrics: dict[str, Any]
+    diagnosis: dict[str, Any]
+    provenance: dict[str, Any]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(bundle_dir: Path) -> dict[str, str]:
+    """Checksum every file of the bundle (written last: its presence means the rest is complete)."""
+    files = sorted(p for p in bundle_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = {str(p.relative_to(bundle_dir)): sha256_file(p) for p in files}
+    (bundle_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest
+
+
+def verify_manifest(bundle_dir: Path) -> None:
+    """Raise BundleCorrupt unless every listed file exists with its checksum and nothing is unlisted."""
+    try:
+        manifest: dict[str, str] = json.loads((bundle_dir / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleCorrupt(f"bundle {bundle_dir} has no readable {MANIFEST}: it was not completely written") from exc
+    present = {str(p.relative_to(bundle_dir)) for p in bundle_dir.rglob("*") if p.is_file() and p.name != MANIFEST}
+    present.discard("model.yaml")  # BentoML's own metadata file beside the bundle
+    if missing := sorted(set(manifest) - present):
+        raise BundleCorrupt(f"bundle {bundle_dir} is missing {missing}")
+    if extra := sorted(present - set(manifest)):
+        raise BundleCorrupt(f"bundle {bundle_dir} has files not in its manifest: {extra}")
+    for name, expected in manifest.items():
+        if sha256_file(bundle_dir / name) != expected:
+            raise BundleCorrupt(f"bundle file {name} in {bundle_dir} does not match its sha256 checksum")
+
+
+def load_spec(bundle_dir: Path) -> BundleSpec:
+    return BundleSpec.model_validate_json((bundle_dir / SPEC).read_text())

@@ -1,0 +1,269 @@
+"""ONNX export, validated on the real validation set, and the bundle written from a run.
+
+Parity is checked on the data the model will meet, not dummy inputs: argmax agreement and
+the largest probability difference against PyTorch on every validation text, plus a sweep
+of extreme shapes. A failed check raises ExportError, which blocks like a failed gate.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import subprocess
+import warnings
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+import fitgate
+from fitgate.errors import ExportError
+from fitgate.settings import Settings
+from models.bundle import SPEC, BundleSpec, ReferenceStatistics, sha256_file, write_manifest
+from models.runtime import encode, load_tokenizer, run_logits, session_options
+from training.diagnosis import Diagnosis
+from training.evaluation import macro_f1, predict, softmax
+from training.rundir import RunDirectory
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+INPUT_NAMES = ["input_ids", "attention_mask"]  # token_type_ids: single-text models use the all-zero default
+QUANTILE_LEVELS = [round(q, 2) for q in np.linspace(0.0, 1.0, 21)]
+PROBABILITY_SAMPLE = 500
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+REPORT_FILES = ("report.json", "curves.json", "diagnosis.json", "learning_curves.png", "confusion_matrix.png")
+
+
+def export_onnx(model: PreTrainedModel, path: Path) -> None:
+    """Trace to ONNX with dynamic batch and sequence axes and an explicit attention mask."""
+    model.eval()
+    example = (torch.ones((2, 8), dtype=torch.long), torch.ones((2, 8), dtype=torch.long))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notices about Python-level shape checks in transformers
+        torch.onnx.export(
+            model,
+            example,
+            str(path),
+            input_names=INPUT_NAMES,
+            output_names=["logits"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "sequence"},
+                "logits": {0: "batch"},
+            },
+            opset_version=OPSET,
+            dynamo=False,  # the TorchScript exporter needs no onnxscript and handles BERT-family models
+        )
+
+
+@torch.no_grad()
+def torch_logits(model: PreTrainedModel, ids: list[list[int]], batch_size: int = 64) -> np.ndarray:
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = np.zeros((len(ids), int(model.config.num_labels or 0)), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(ids[i]) for i in chunk)
+        input_ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+            mask[row, : len(ids[i])] = 1
+        out[chunk] = model(input_ids=input_ids, attention_mask=mask).logits.numpy()
+    return out
+
+
+def _shape_sweep_inputs(vocab_size: int, max_length: int, seed: int) -> list[list[list[int]]]:
+    """Batch 1 and 256 at sequence 1 and the maximum, plus a padded batch of mixed lengths."""
+    rng = np.random.default_rng(seed)
+
+    def text(n: int) -> list[int]:
+        return [101, *rng.integers(1000, vocab_size, size=max(0, n - 2)).tolist(), 102][:n] if n > 1 else [101]
+
+    return [
+        [text(1)],
+        [text(max_length)],
+        [text(1) for _ in range(256)],
+        [text(max_length) for _ in range(256)],
+        [text(int(n)) for n in rng.integers(1, max_length + 1, size=256)],
+    ]
+
+
+def check_parity(
+    model: PreTrainedModel, session: ort.InferenceSession, ids: list[list[int]], run: RunDirectory, s: Settings
+) -> dict[str, Any]:
+    t, bias = run.temperature, run.class_bias
+    ref, got = torch_logits(model, ids), run_logits(session, ids)
+    agreement = float((predict(ref, t, bias) == predict(got, t, bias)).mean())
+    max_diff = float(np.abs(softmax(ref, t) - softmax(got, t)).max())
+    sweep = []
+    max_length = run.arguments.max_length
+    for batch in _shape_sweep_inputs(int(model.config.vocab_size), max_length, run.arguments.seed):
+        expected, actual = torch_logits(model, batch, 256), run_logits(session, batch, 256)
+        diff = float(np.abs(softmax(expected, t) - softmax(actual, t)).max())
+        widths = {len(x) for x in batch}
+        sweep.append({"batch": len(batch), "sequence": max(widths), "padded": len(widths) > 1, "max_abs_diff": diff})
+    result = {
+        "validation_examples": len(ids),
+        "argmax_agreement": agreement,
+        "max_abs_probability_diff": max_diff,
+        "shape_sweep": sweep,
+        "min_agreement": s.parity_min_agreement,
+        "max_abs_diff_allowed": s.parity_max_abs_diff,
+    }
+    worst = max([max_diff, *(x["max_abs_diff"] for x in sweep)])
+    if agreement < s.parity_min_agreement or worst > s.parity_max_abs_diff:
+        raise ExportError(
+            f"ONNX output does not match PyTorch: argmax agreement {agreement:.4%} on {len(ids)} validation texts "
+            f"(need {s.parity_min_agreement:.1%}), largest probability difference {worst:.2e} "
+            f"(allowed {s.parity_max_abs_diff:.0e}); the model was not exported"
+        )
+    return result
+
+
+def try_int8(
+    fp32_path: Path, int8_path: Path, ids: list[list[int]], fp32_logits: np.ndarray, run: RunDirectory, s: Settings
+) -> dict[str, Any]:
+    """Dynamic int8 quantization, kept only if validation quality holds; the reason is recorded either way."""
+    if not s.quantize:
+        return {"kept": False, "reason": "quantization is switched off (FITGATE_QUANTIZE=false)"}
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint through the root logger
+    try:
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    session = ort.InferenceSession(str(int8_path), session_options(), providers=["CPUExecutionProvider"])
+    int8_logits = run_logits(session, ids)
+    t, bias, k = run.temperature, run.class_bias, len(run.label_names)
+    labels = run.validation_labels
+    f1_fp32 = macro_f1(labels, predict(fp32_logits, t, bias), k)
+    f1_int8 = macro_f1(labels, predict(int8_logits, t, bias), k)
+    agreement = float((predict(fp32_logits, t, bias) == predict(int8_logits, t, bias)).mean())
+    result: dict[str, Any] = {
+        "val_macro_f1_fp32": f1_fp32,
+        "val_macro_f1_int8": f1_int8,
+        "agreement_with_fp32": agreement,
+        "max_f1_drop": s.quantize_max_f1_drop,
+        "min_agreement": s.quantize_min_agreement,
+        "size_bytes_fp32": fp32_path.stat().st_size,
+        "size_bytes_int8": int8_path.stat().st_size,
+    }
+    problems = []
+    if f1_fp32 - f1_int8 > s.quantize_max_f1_drop:
+        problems.append(f"macro-F1 fell {f1_fp32 - f1_int8:.4f} (allowed {s.quantize_max_f1_drop})")
+    if agreement < s.quantize_min_agreement:
+        problems.append(f"agreement with fp32 is {agreement:.2%} (need {s.quantize_min_agreement:.0%})")
+    if problems:
+        int8_path.unlink()
+        return {**result, "kept": False, "reason": "int8 dropped: " + "; ".join(problems)}
+    return {**result, "kept": True, "reason": "int8 kept: quality within limits"}
+
+
+def reference_statistics(
+    logits: np.ndarray, lengths: list[int], unknown_rate: list[float], truncated: list[bool], run: RunDirectory
+) -> ReferenceStatistics:
+    probs = softmax(logits, run.temperature)
+    chosen = predict(logits, run.temperature, run.class_bias)
+    confidence = probs[np.arange(len(chosen)), chosen]
+    rng = np.random.default_rng(run.arguments.seed)
+    sample = rng.choice(len(probs), size=min(PROBABILITY_SAMPLE, len(probs)), replace=False)
+    return ReferenceStatistics(
+        class_distribution=(np.bincount(chosen, minlength=len(run.label_names)) / len(chosen)).tolist(),
+        confidence_quantiles=np.quantile(confidence, QUANTILE_LEVELS).tolist(),
+        input_length_quantiles=np.quantile(lengths, QUANTILE_LEVELS).tolist(),
+        unknown_token_rate_quantiles=np.quantile(unknown_rate, QUANTILE_LEVELS).tolist(),
+        quantile_levels=QUANTILE_LEVELS,
+        truncated_share=float(np.mean(truncated)),
+        low_confidence_threshold=float(np.quantile(confidence, 0.05)),
+        probability_sample=np.round(probs[sample], 6).tolist(),
+        examples=len(chosen),
+    )
+
+
+def _code_revision() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def provenance(run: RunDirectory) -> dict[str, Any]:
+    return {
+        "base_model": run.report.get("base_model"),
+        "data_sha256": run.report.get("data_sha256"),
+        "arguments": run.arguments.model_dump(),
+        "run_directory": str(run.path),
+        "code_revision": _code_revision(),
+        "libraries": {
+            name: version(name) for name in ("torch", "transformers", "tokenizers", "onnx", "onnxruntime", "bentoml")
+        }
+        | {"fitgate": fitgate.__version__, "python": platform.python_version()},
+    }
+
+
+def build_bundle(run: RunDirectory, diagnosis: Diagnosis, dest: Path, settings: Settings) -> BundleSpec:
+    """Export, check parity, optionally quantize, and write a complete bundle into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(run.model_dir).eval()
+        fp32_path = dest / "model.onnx"
+        export_onnx(model, fp32_path)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise ExportError(f"ONNX export failed: {exc}") from exc
+
+    (dest / "tokenizer").mkdir()
+    for name in TOKENIZER_FILES:
+        if (run.model_dir / name).exists():
+            shutil.copy2(run.model_dir / name, dest / "tokenizer" / name)
+    max_length = run.arguments.max_length
+    tokenizer = load_tokenizer(dest / "tokenizer", max_length)
+    encoded = encode(tokenizer, run.validation.texts, tokenizer.token_to_id("[UNK]"))
+
+    session = ort.InferenceSession(str(fp32_path), session_options(), providers=["CPUExecutionProvider"])
+    parity = check_parity(model, session, encoded.ids, run, settings)
+    fp32_logits = run_logits(session, encoded.ids)
+    quantization = try_int8(fp32_path, dest / "model.int8.onnx", encoded.ids, fp32_logits, run, settings)
+
+    (dest / "report").mkdir()
+    for name in REPORT_FILES:
+        if (run.path / name).exists():
+            shutil.copy2(run.path / name, dest / "report" / name)
+    final = run.report.get("test") or run.report["validation"]
+    spec = BundleSpec(
+        labels=run.label_names,
+        max_length=max_length,
+        temperature=run.temperature,
+        class_bias=run.class_bias.tolist(),
+        onnx_fp32=fp32_path.name,
+        onnx_int8="model.int8.onnx" if quantization["kept"] else None,
+        input_names=INPUT_NAMES,
+        reference=reference_statistics(
+            fp32_logits, [len(x) for x in encoded.ids], encoded.unknown_rate, encoded.truncated, run
+        ),
+        parity=parity,
+        quantization=quantization,
+        metrics={
+            "validation_macro_f1": run.report["validation"]["macro_f1"],
+            "macro_f1": final["macro_f1"],
+            "accuracy": final["accuracy"],
+            "ece": final["ece_after_calibration"],
+            "evaluated_on": "test" if run.report.get("test") else "validation",
+        },
+        diagnosis=diagnosis.to_dict(),
+        provenance=provenance(run),
+    )
+    (dest / SPEC).write_text(spec.model_dump_json(indent=2))
+    write_manifest(dest)
+    log.info("bundle written to %s (onnx sha256 %s)", dest, sha256_file(fp32_path)[:12])
+    return spec

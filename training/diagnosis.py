@@ -1,0 +1,273 @@
+"""Fit diagnosis: read a run's learning curves and validation predictions, return verdicts.
+
+Fit is judged relative to the task, not by absolute scores: the curve's own start (an
+untrained head scores about ln K), how much of its improvement validation loss gave back,
+and the best trivial baseline (majority class, stratified random) on the same labels.
+Each finding carries its evidence and a remedy from the seed documents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from fitgate.settings import Settings
+from training.curves import CurvePoint
+from training.rundir import RunDirectory
+
+Verdict = Literal["overfit", "underfit", "no_skill", "degenerate", "insufficient_validation"]
+
+REMEDIES: dict[Verdict, str] = {
+    "overfit": "add data or augmentation (--augment), strengthen regularization (--weight-decay, --dropout), "
+    "and keep early stopping with best-checkpoint restore on",
+    "underfit": "raise the learning rate or train longer, unfreeze layers (--freeze-layers 0), "
+    "and check that the labels match the texts",
+    "no_skill": "check that labels are consistent with the texts, add data, or raise the learning rate",
+    "degenerate": "add examples of the missing classes, weight them (--class-weighting inverse) "
+    "or resample per batch (--sampler balanced)",
+    "insufficient_validation": "add labelled examples of these classes or raise --validation-size",
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    verdict: Verdict
+    blocking: bool
+    message: str
+    evidence: dict[str, Any]
+    remedy: str
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    selected_step: int
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not any(f.blocking for f in self.findings)
+
+    @property
+    def blocking_verdicts(self) -> list[Verdict]:
+        return [f.verdict for f in self.findings if f.blocking]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "blocking": self.blocking_verdicts, **asdict(self)}
+
+    def summary(self) -> str:
+        head = (
+            "PASSED: the model may be exported"
+            if self.passed
+            else ("BLOCKED (" + ", ".join(self.blocking_verdicts) + "): the model will not be exported")
+        )
+        lines = [f"verdict: {head}"]
+        for f in self.findings:
+            tag = "blocks" if f.blocking else "warning"
+            lines.append(f"  - {f.verdict} [{tag}]: {f.message}\n    remedy: {f.remedy}")
+        return "\n".join(lines)
+
+
+# --- baselines and confidence ---------------------------------------------------------------
+
+
+def trivial_baseline_macro_f1(labels: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Expected macro-F1 of predictors that ignore the text, on these labels."""
+    prior = np.bincount(labels, minlength=num_classes) / len(labels)
+    majority = float(2 * prior.max() / (1 + prior.max()) / num_classes)
+    stratified = float(prior[prior > 0].sum() / num_classes)  # per-class F1 = p_k when guessing by the prior
+    uniform = float(np.sum(2 * prior / num_classes / (prior + 1 / num_classes)) / num_classes)
+    return {"majority": majority, "stratified": stratified, "uniform": uniform}
+
+
+def _macro_f1_fast(labels: np.ndarray, predictions: np.ndarray, k: int) -> float:
+    cm = np.bincount(labels * k + predictions, minlength=k * k).reshape(k, k)
+    tp = np.diag(cm).astype(float)
+    denom = cm.sum(0) + cm.sum(1)
+    return float(np.mean(np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)))
+
+
+def bootstrap_macro_f1(
+    labels: np.ndarray, predictions: np.ndarray, k: int, samples: int, seed: int
+) -> tuple[float, float]:
+    """One-sided 95% lower bound and the point estimate of macro-F1 (percentile bootstrap)."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    stats = [_macro_f1_fast(labels[idx], predictions[idx], k) for idx in rng.integers(0, n, size=(samples, n))]
+    return float(np.quantile(stats, 0.05)), _macro_f1_fast(labels, predictions, k)
+
+
+# --- the rules ------------------------------------------------------------------------------
+
+
+def _overfit(curve: list[CurvePoint], sel: CurvePoint, s: Settings) -> Finding | None:
+    start = curve[0]
+    upto = [p for p in curve if p.step <= sel.step]
+    at_min = min(upto, key=lambda p: p.val_loss)
+    improvement = start.val_loss - at_min.val_loss
+    gap = sel.train_macro_f1 - sel.val_macro_f1
+    giveback = (sel.val_loss - at_min.val_loss) / improvement if improvement > 1e-6 else 0.0
+    train_kept_falling = sel.train_eval_loss < at_min.train_eval_loss
+    diverged = train_kept_falling and giveback > s.gate_loss_giveback
+    severely_diverged = train_kept_falling and giveback > s.gate_severe_loss_giveback
+    if not ((gap > s.gate_max_f1_gap and diverged) or severely_diverged or gap > s.gate_severe_f1_gap):
+        return None
+    return Finding(
+        "overfit",
+        True,
+        f"at the exported checkpoint (epoch {sel.epoch:g}) training macro-F1 is {sel.train_macro_f1:.3f} but "
+        f"validation only {sel.val_macro_f1:.3f} (gap {gap:.3f}); validation loss was {at_min.val_loss:.3f} at "
+        f"epoch {at_min.epoch:g} and is {sel.val_loss:.3f} now (gave back {giveback:.0%} of its improvement) "
+        f"while training loss fell from {at_min.train_eval_loss:.3f} to {sel.train_eval_loss:.3f}",
+        {
+            "epoch": sel.epoch,
+            "f1_gap": gap,
+            "f1_gap_threshold": s.gate_max_f1_gap,
+            "severe_f1_gap_threshold": s.gate_severe_f1_gap,
+            "val_loss_min": at_min.val_loss,
+            "val_loss_min_epoch": at_min.epoch,
+            "val_loss_at_checkpoint": sel.val_loss,
+            "val_loss_giveback": giveback,
+            "giveback_threshold": s.gate_loss_giveback,
+            "severe_giveback_threshold": s.gate_severe_loss_giveback,
+            "train_loss_kept_falling": train_kept_falling,
+        },
+        REMEDIES["overfit"],
+    )
+
+
+def _underfit(curve: list[CurvePoint], sel: CurvePoint, train_baseline: float, s: Settings) -> Finding | None:
+    start = curve[0]
+    drop = 1.0 - sel.train_eval_loss / start.train_eval_loss if start.train_eval_loss > 0 else 0.0
+    floor = train_baseline + s.gate_train_f1_margin
+    if drop >= s.gate_min_train_loss_drop and sel.train_macro_f1 >= floor:
+        return None
+    reasons = []
+    if drop < s.gate_min_train_loss_drop:
+        reasons.append(
+            f"training loss fell only {drop:.0%} from its start ({start.train_eval_loss:.3f} -> "
+            f"{sel.train_eval_loss:.3f}; at least {s.gate_min_train_loss_drop:.0%} expected)"
+        )
+    if sel.train_macro_f1 < floor:
+        reasons.append(
+            f"training macro-F1 is {sel.train_macro_f1:.3f}, below the floor {floor:.3f} "
+            f"(best trivial baseline {train_baseline:.3f} + {s.gate_train_f1_margin})"
+        )
+    return Finding(
+        "underfit",
+        True,
+        f"the model did not learn the training data at epoch {sel.epoch:g}: " + "; ".join(reasons),
+        {
+            "epoch": sel.epoch,
+            "train_loss_start": start.train_eval_loss,
+            "train_loss_at_checkpoint": sel.train_eval_loss,
+            "train_loss_drop": drop,
+            "min_train_loss_drop": s.gate_min_train_loss_drop,
+            "train_macro_f1": sel.train_macro_f1,
+            "train_macro_f1_floor": floor,
+        },
+        REMEDIES["underfit"],
+    )
+
+
+def _no_skill(labels: np.ndarray, predictions: np.ndarray, k: int, s: Settings, seed: int) -> Finding | None:
+    baselines = trivial_baseline_macro_f1(labels, k)
+    best_name, best = max(baselines.items(), key=lambda kv: kv[1])
+    lower, point = bootstrap_macro_f1(labels, predictions, k, s.gate_bootstrap_samples, seed)
+    if lower > best + s.gate_skill_margin:
+        return None
+    return Finding(
+        "no_skill",
+        True,
+        f"validation macro-F1 is {point:.3f}, but its 95% lower bound {lower:.3f} does not beat the best trivial "
+        f"baseline ({best_name}, {best:.3f}) by the required {s.gate_skill_margin}",
+        {
+            "val_macro_f1": point,
+            "val_macro_f1_lower_bound": lower,
+            "baselines": baselines,
+            "margin": s.gate_skill_margin,
+            "bootstrap_samples": s.gate_bootstrap_samples,
+        },
+        REMEDIES["no_skill"],
+    )
+
+
+def _class_support(labels: np.ndarray, predictions: np.ndarray, names: list[str], s: Settings) -> list[Finding]:
+    k = len(names)
+    support = np.bincount(labels, minlength=k)
+    predicted = np.bincount(predictions, minlength=k)
+    hits = np.bincount(labels[labels == predictions], minlength=k)
+    findings = []
+    dead = [i for i in range(k) if support[i] >= s.gate_min_class_support and hits[i] == 0]
+    if dead:
+        shown = ", ".join(f"{names[i]!r} ({support[i]} examples, predicted {predicted[i]} times)" for i in dead[:10])
+        findings.append(
+            Finding(
+                "degenerate",
+                True,
+                f"{len(dead)} classes are never recognised on validation (recall 0): {shown}",
+                {
+                    "classes": [names[i] for i in dead],
+                    "support": [int(support[i]) for i in dead],
+                    "min_support": s.gate_min_class_support,
+                },
+                REMEDIES["degenerate"],
+            )
+        )
+    thin = [i for i in range(k) if support[i] < s.gate_min_class_support]
+    if thin:
+        shown = ", ".join(f"{names[i]!r} ({support[i]})" for i in thin[:10])
+        findings.append(
+            Finding(
+                "insufficient_validation",
+                False,
+                f"{len(thin)} classes have fewer than {s.gate_min_class_support} validation examples, too few to "
+                f"judge whether they are recognised: {shown}; the degenerate check skipped them",
+                {"classes": [names[i] for i in thin], "support": [int(support[i]) for i in thin]},
+                REMEDIES["insufficient_validation"],
+            )
+        )
+    return findings
+
+
+def diagnose(
+    curve: list[CurvePoint],
+    selected_step: int,
+    val_labels: np.ndarray,
+    val_predictions: np.ndarray,
+    train_labels: np.ndarray,
+    label_names: list[str],
+    settings: Settings,
+    seed: int = 0,
+) -> Diagnosis:
+    """All verdicts for the checkpoint at ``selected_step`` (the one that would be exported)."""
+    k = len(label_names)
+    sel = next(p for p in curve if p.step == selected_step)
+    train_baseline = max(trivial_baseline_macro_f1(train_labels, k).values())
+    findings = [
+        f
+        for f in (
+            _overfit(curve, sel, settings),
+            _underfit(curve, sel, train_baseline, settings),
+            _no_skill(val_labels, val_predictions, k, settings, seed),
+        )
+        if f is not None
+    ]
+    findings += _class_support(val_labels, val_predictions, label_names, settings)
+    return Diagnosis(selected_step, findings)
+
+
+def diagnose_run(run: RunDirectory, settings: Settings) -> Diagnosis:
+    """Diagnose a finished run directory with the operator's thresholds."""
+    curve, selected = run.curves
+    return diagnose(
+        curve,
+        selected,
+        run.validation_labels,
+        run.validation_predictions,
+        run.train_labels,
+        run.label_names,
+        settings,
+        seed=run.arguments.seed,
+    )
