@@ -1,0 +1,155 @@
+"""Diagnosis rules on hand-written learning curves: each verdict fires on its shape and only then."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fitgate.settings import Settings
+from training.curves import CurvePoint
+from training.diagnosis import bootstrap_macro_f1, diagnose, trivial_baseline_macro_f1
+
+SETTINGS = Settings()
+
+
+def _curve(rows: list[tuple[float, float, float, float]]) -> list[CurvePoint]:
+    """rows of (train loss, train macro-F1, validation loss, validation macro-F1), one per epoch from 0."""
+    return [
+        CurvePoint(
+            step=10 * i,
+            epoch=float(i),
+            train_loss=None if i == 0 else tl,
+            train_eval_loss=tl,
+            train_macro_f1=tf,
+            val_loss=vl,
+            val_macro_f1=vf,
+            val_accuracy=vf,
+            learning_rate=1e-4,
+            samples_per_second=None,
+            peak_gpu_memory_mb=None,
+        )
+        for i, (tl, tf, vl, vf) in enumerate(rows)
+    ]
+
+
+def _good_predictions(k: int = 2, n: int = 400, accuracy: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, k, n)
+    wrong = rng.random(n) > accuracy
+    return labels, np.where(wrong, (labels + 1) % k, labels)
+
+
+def _verdicts(curve: list[CurvePoint], step: int, labels: np.ndarray, preds: np.ndarray, k: int = 2) -> set[str]:
+    names = [f"c{i}" for i in range(k)]
+    diagnosis = diagnose(curve, step, labels, preds, labels, names, SETTINGS)
+    return {f.verdict for f in diagnosis.findings if f.blocking}
+
+
+LN2 = math.log(2)
+
+
+def test_healthy_binary_run_passes() -> None:
+    curve = _curve(
+        [(LN2, 0.45, LN2, 0.45), (0.20, 0.93, 0.22, 0.92), (0.08, 0.97, 0.12, 0.95), (0.05, 0.98, 0.13, 0.95)]
+    )
+    labels, preds = _good_predictions()
+    assert _verdicts(curve, 20, labels, preds) == set()
+
+
+def test_hard_noisy_many_class_run_with_low_scores_and_a_gap_passes() -> None:
+    """Train macro-F1 well under 0.6 and a 0.12 gap are healthy on a 20-class noisy task."""
+    k = 20
+    ln_k = math.log(k)
+    curve = _curve([(ln_k, 0.02, ln_k, 0.02), (2.2, 0.35, 2.4, 0.28), (1.9, 0.50, 2.3, 0.38), (1.8, 0.52, 2.3, 0.40)])
+    labels, preds = _good_predictions(k=k, n=2000, accuracy=0.42)
+    assert _verdicts(curve, 30, labels, preds, k=k) == set()
+
+
+def test_last_epoch_of_a_memorising_run_is_overfit() -> None:
+    """The seed-001 shape: validation loss bottoms at epoch 2 and climbs while training loss keeps falling."""
+    curve = _curve(
+        [
+            (LN2, 0.4, LN2, 0.4),
+            (0.5, 0.7, 0.50, 0.66),
+            (0.3, 0.85, 0.35, 0.72),
+            (0.05, 0.99, 0.60, 0.70),
+            (0.003, 1.0, 0.89, 0.70),
+        ]
+    )
+    labels, preds = _good_predictions(accuracy=0.72)
+    assert "overfit" in _verdicts(curve, 40, labels, preds)
+    # the best checkpoint of the same run is judged on its own numbers
+    assert "overfit" not in _verdicts(curve, 20, labels, preds)
+
+
+def test_validation_loss_back_above_its_start_is_overfit_even_with_a_small_gap() -> None:
+    curve = _curve([(LN2, 0.5, LN2, 0.5), (0.4, 0.8, 0.45, 0.8), (0.1, 0.88, 0.80, 0.80)])
+    labels, preds = _good_predictions(accuracy=0.8)
+    assert "overfit" in _verdicts(curve, 20, labels, preds)
+
+
+def test_a_large_gap_alone_is_not_overfit_while_validation_loss_holds() -> None:
+    curve = _curve([(LN2, 0.5, LN2, 0.5), (0.3, 0.90, 0.45, 0.72), (0.2, 0.93, 0.44, 0.74)])
+    labels, preds = _good_predictions(accuracy=0.75)
+    assert "overfit" not in _verdicts(curve, 20, labels, preds)
+
+
+def test_flat_training_loss_is_underfit() -> None:
+    curve = _curve([(LN2, 0.45, LN2, 0.45), (0.68, 0.46, 0.69, 0.45)])
+    labels = np.array([0, 1] * 200)
+    preds = np.zeros(400, dtype=int)
+    verdicts = _verdicts(curve, 10, labels, preds)
+    assert "underfit" in verdicts
+
+
+def test_majority_class_predictor_has_no_skill_and_is_degenerate() -> None:
+    curve = _curve([(LN2, 0.47, LN2, 0.47), (0.3, 0.47, 0.3, 0.47)])
+    labels = np.array([0] * 380 + [1] * 20)
+    preds = np.zeros(400, dtype=int)
+    verdicts = _verdicts(curve, 10, labels, preds)
+    assert {"no_skill", "degenerate"} <= verdicts
+
+
+def test_a_class_with_too_few_validation_examples_is_a_warning_not_a_block() -> None:
+    curve = _curve([(LN2, 0.3, LN2, 0.3), (0.1, 0.97, 0.12, 0.95)])
+    labels = np.array([0] * 200 + [1] * 200 + [2] * 3)
+    preds = np.where(labels == 2, 0, labels)  # the 3-example class is never found
+    names = ["a", "b", "rare"]
+    diagnosis = diagnose(curve, 10, labels, preds, labels, names, SETTINGS)
+    assert diagnosis.passed
+    (warning,) = [f for f in diagnosis.findings if f.verdict == "insufficient_validation"]
+    assert not warning.blocking and "'rare' (3)" in warning.message
+
+
+def test_every_finding_carries_evidence_and_a_remedy() -> None:
+    curve = _curve([(LN2, 0.47, LN2, 0.47), (0.68, 0.47, 0.69, 0.47)])
+    labels = np.array([0] * 380 + [1] * 20)
+    diagnosis = diagnose(curve, 10, labels, np.zeros(400, dtype=int), labels, ["ham", "spam"], SETTINGS)
+    assert not diagnosis.passed
+    for finding in diagnosis.findings:
+        assert finding.evidence and finding.remedy and finding.message
+    assert "BLOCKED" in diagnosis.summary() and "remedy:" in diagnosis.summary()
+    assert "'spam' (20 examples, predicted 0 times)" in diagnosis.summary()
+
+
+def test_thresholds_come_from_operator_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FITGATE_GATE_MIN_TRAIN_LOSS_DROP", "0.99")
+    curve = _curve([(LN2, 0.45, LN2, 0.45), (0.20, 0.93, 0.22, 0.92)])
+    labels, preds = _good_predictions()
+    diagnosis = diagnose(curve, 10, labels, preds, labels, ["a", "b"], Settings())
+    assert diagnosis.blocking_verdicts == ["underfit"]
+
+
+def test_trivial_baselines_match_their_closed_forms() -> None:
+    labels = np.array([0] * 90 + [1] * 10)
+    b = trivial_baseline_macro_f1(labels, 2)
+    assert b["majority"] == pytest.approx((2 * 0.9 / 1.9) / 2)
+    assert b["stratified"] == pytest.approx(0.5)
+
+
+def test_bootstrap_lower_bound_sits_below_the_point_estimate() -> None:
+    labels, preds = _good_predictions(accuracy=0.8)
+    lower, point = bootstrap_macro_f1(labels, preds, 2, 500, seed=0)
+    assert 0.7 < lower < point < 0.85
