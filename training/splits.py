@@ -57,8 +57,8 @@ def split_data(data: LabelledData, *, validation_size: float, test_size: float, 
         rng.shuffle(class_groups)
         total = sum(len(g) for g in class_groups)
         targets = [
-            (validation, max(MIN_PER_SPLIT, round(total * validation_size))),
-            (test, max(MIN_PER_SPLIT, round(total * test_size)) if test_size > 0 else 0),
+            (bucket, max(MIN_PER_SPLIT, round(total * size)) if size > 0 else 0)
+            for bucket, size in ((validation, validation_size), (test, test_size))
         ]
         cursor = 0
         for bucket, target in targets:

@@ -97,7 +97,7 @@ def test_a_tampered_bundle_is_refused_by_the_loader(healthy_run: Path, settings:
     shutil.copytree(registry.bundle_path(NAME), copy)
     with (copy / "model.onnx").open("ab") as f:
         f.write(b"\0")
-    with pytest.raises(BundleCorrupt, match="model.onnx .* does not match its sha256"):
+    with pytest.raises(BundleCorrupt, match=r"model\.onnx .* does not match its sha256"):
         OnnxClassifier(copy).load()
     (copy / "manifest.json").unlink()
     with pytest.raises(BundleCorrupt, match="not completely written"):
