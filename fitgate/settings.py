@@ -52,5 +52,37 @@ class Settings(BaseSettings):
     quantize_min_agreement: float = Field(0.99, ge=0.0, le=1.0)
     """Smallest int8 vs fp32 argmax agreement accepted."""
 
+    # --- the service ------------------------------------------------------------------------
+    base_model: str | None = None
+    """Base model for fine-tunes requested over HTTP (a local directory; default: bundled MiniLM)."""
+    tokens: str | None = None
+    """JSON list of API tokens: [{"sha256": "...", "team": "...", "roles": ["predict", "finetune", "admin"]}]."""
+    tokens_file: Path | None = None
+    """A file holding the same JSON list (for a mounted Kubernetes Secret)."""
+    predict_requires_token: bool = False
+    """When false, anyone who can reach the service may call /predict."""
+    default_model: str | None = None
+    """team/name answered when /predict names no model (default: the most recently promoted one)."""
+    auto_promote: bool = True
+    """Promote a job's model as soon as it passes the gate."""
+    training_enabled: bool = True
+    """Run fine-tune jobs in this process (switch off on inference-only replicas)."""
+    max_running_jobs: int = Field(1, ge=1, le=16)
+    """Jobs trained at once (one per GPU); the rest wait in order."""
+    max_upload_bytes: int = Field(50 * 2**20, ge=1024)
+    """Largest upload accepted by /finetune (streamed to disk, never held in memory)."""
+    max_texts_per_request: int = Field(256, ge=1, le=100_000)
+    """Texts in one /predict request."""
+    max_chars_per_text: int = Field(20_000, ge=16)
+    """Characters in one text sent to /predict (longer texts are refused; tokens beyond the model's max are cut)."""
+    batch_max_size: int = Field(64, ge=1, le=1024)
+    """Texts the predict batcher groups into one ONNX Runtime call."""
+    batch_max_wait_ms: float = Field(2.0, ge=0.0, le=100.0)
+    """How long the batcher waits for more requests before running a partial batch."""
+    model_refresh_seconds: float = Field(1.0, gt=0.0, le=60.0)
+    """How often every worker checks the registry for a newly promoted version."""
+    upload_retention_days: float = Field(7.0, ge=0.0)
+    """Uploads are kept this long after their job ends (for retries), then deleted."""
+
     def bentoml_home(self) -> Path:
         return self.model_store or self.data_dir / "bentoml"

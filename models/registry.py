@@ -134,6 +134,12 @@ class Registry:
         stack = self._stack(name)
         return stack[-1] if stack else None
 
+    def latest_promoted(self) -> ModelName | None:
+        """The model whose pointer moved last: what /predict answers when no model is named."""
+        with self._connect() as db:
+            row = db.execute("SELECT model FROM pointer_events ORDER BY id DESC LIMIT 1").fetchone()
+        return ModelName.parse(row[0]) if row else None
+
     def _require_version(self, name: ModelName, version: str) -> None:
         with self._connect() as db:
             found = db.execute(

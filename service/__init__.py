@@ -1,0 +1,1 @@
+"""The HTTP service: thin handlers over training/, models/ and the job queue."""

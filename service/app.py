@@ -1,0 +1,257 @@
+"""fitgate over HTTP: a BentoML service with a mounted FastAPI app.
+
+BentoML runs the processes and gives ``/livez``, ``/readyz`` and ``/metrics``; the FastAPI
+app carries fitgate's routes so that every route validates with pydantic and every error
+leaves through one handler with one JSON shape. Handlers parse, authorize, call a plain
+class, and shape the response; training and ONNX code live in ``training/`` and ``models/``.
+
+    bentoml serve service.app:Fitgate --port 3000
+"""
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field
+
+from fitgate.errors import ModelNotFound
+from fitgate.settings import Settings
+from models.gate import open_registry
+from models.names import ModelName
+from service.auth import Authenticator, Caller, Role
+from service.errors import InvalidRequest, PayloadTooLarge, install_error_handlers
+from service.jobs import JobRunner, JobStore
+from service.predictor import ModelPool
+from training.arguments import parse_arguments
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+import bentoml
+
+log = logging.getLogger(__name__)
+
+UPLOAD_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".txt")
+SERVER_ONLY_ARGUMENTS = {"base_model"}  # a request must not point the server at arbitrary paths
+
+
+# --- request and response shapes --------------------------------------------------------------
+
+
+class PredictRequest(BaseModel):
+    texts: list[str] = Field(min_length=1, description="Texts to classify.")
+    model: str | None = Field(None, description="team/name; default: the configured default model.")
+
+
+class PredictionOut(BaseModel):
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    truncated: bool
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: str
+    predictions: list[PredictionOut]
+
+
+class PromoteRequest(BaseModel):
+    version: str = Field(min_length=1, max_length=64)
+
+
+# --- the application ----------------------------------------------------------------------------
+
+
+class Fitgate:
+    """Everything one serving worker holds: settings, auth, registry, jobs and loaded models."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.auth = Authenticator(self.settings)
+        self.registry = open_registry(self.settings)
+        self.jobs = JobStore(self.settings.data_dir / "jobs.db")
+        self.pool = ModelPool(self.registry, self.settings)
+        self.runner: JobRunner | None = None
+
+    def start_training(self) -> None:
+        if not self.settings.training_enabled:
+            return
+        interrupted = self.jobs.recover_interrupted()
+        if interrupted:
+            log.warning("marked %d interrupted jobs as failed: %s", len(interrupted), interrupted)
+        self.jobs.purge_uploads(self.settings.upload_retention_days)
+        self.runner = JobRunner(self.jobs, self.settings)
+        self.runner.start()
+
+
+def create_app(core: Fitgate) -> FastAPI:
+    app = FastAPI(title="fitgate", version="0.1.0")
+    install_error_handlers(app)
+
+    def caller_for(role: Role) -> Any:
+        def dependency(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
+            host = request.client.host if request.client else None
+            return core.auth.authenticate(authorization, host, role)
+
+        return Depends(dependency)
+
+    @app.post("/predict", response_model=PredictResponse)
+    async def predict(body: PredictRequest, caller: Annotated[Caller, caller_for("predict")]) -> PredictResponse:
+        s = core.settings
+        if len(body.texts) > s.max_texts_per_request:
+            raise InvalidRequest(
+                f"{len(body.texts)} texts in one request; the limit is {s.max_texts_per_request} "
+                "(FITGATE_MAX_TEXTS_PER_REQUEST): split the request"
+            )
+        for i, text in enumerate(body.texts):
+            if len(text) > s.max_chars_per_text:
+                raise InvalidRequest(
+                    f"texts[{i}] has {len(text):,} characters; the limit is {s.max_chars_per_text:,} "
+                    "(FITGATE_MAX_CHARS_PER_TEXT)"
+                )
+        name = ModelName.parse(body.model) if body.model else core.pool.default_model()
+        core.auth.require_model_access(caller, name)
+        model, answers = await core.pool.predict(name, body.texts)
+        return PredictResponse(
+            model=str(name),
+            version=model.version,
+            predictions=[PredictionOut(**a.__dict__) for a in answers],
+        )
+
+    @app.post("/finetune", status_code=202)
+    async def finetune(
+        request: Request,
+        file: Annotated[UploadFile, File(description="labelled CSV, TSV or JSONL")],
+        model_name: Annotated[str, Form(description="team/name")],
+        caller: Annotated[Caller, caller_for("finetune")],
+        parameters: Annotated[str, Form(description="JSON object of training arguments")] = "{}",
+    ) -> dict[str, str]:
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > core.settings.max_upload_bytes + 64 * 1024:  # multipart framing on top of the file
+            raise PayloadTooLarge(
+                f"upload of {declared:,} bytes exceeds {core.settings.max_upload_bytes:,} (FITGATE_MAX_UPLOAD_BYTES)"
+            )
+        name = ModelName.parse(model_name)
+        core.auth.require_model_access(caller, name)
+        try:
+            raw = json.loads(parameters)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequest(f"parameters is not valid JSON ({exc.msg}); send a JSON object") from exc
+        if not isinstance(raw, dict):
+            raise InvalidRequest('parameters must be a JSON object such as {"num_train_epochs": 3}')
+        if forbidden := SERVER_ONLY_ARGUMENTS & raw.keys():
+            raise InvalidRequest(f"{sorted(forbidden)} are server settings, not request parameters")
+        arguments = parse_arguments(raw).model_dump(exclude_defaults=True)
+        suffix = Path(file.filename or "").suffix.lower()
+        if suffix not in UPLOAD_SUFFIXES:
+            raise InvalidRequest(f"upload a .csv, .tsv or .jsonl file (got {file.filename!r})")
+        job_id = core.jobs.new_id()
+        folder = core.settings.data_dir / "uploads" / job_id
+        folder.mkdir(parents=True)
+        target = folder / f"data{suffix}"  # never the client's file name: nothing escapes the data directory
+        size = 0
+        with target.open("wb") as out:
+            while chunk := await file.read(1 << 20):
+                size += len(chunk)
+                if size > core.settings.max_upload_bytes:
+                    out.close()
+                    shutil.rmtree(folder)
+                    raise PayloadTooLarge(
+                        f"upload exceeds {core.settings.max_upload_bytes:,} bytes (FITGATE_MAX_UPLOAD_BYTES)"
+                    )
+                out.write(chunk)
+        job = core.jobs.create(job_id, name.team, str(name), arguments, target)
+        return {"job_id": job.id, "status": job.status}
+
+    def _own_job(job_id: str, caller: Caller) -> Any:
+        job = core.jobs.get(job_id)
+        if caller.team is not None and not caller.is_admin and job.team != caller.team:
+            raise ModelNotFound(f"no job {job_id!r}; list your jobs with GET /jobs")  # do not reveal others' jobs
+        return job
+
+    @app.get("/jobs")
+    async def list_jobs(caller: Annotated[Caller, caller_for("finetune")]) -> list[dict[str, Any]]:
+        team = None if caller.is_admin or caller.team is None else caller.team
+        return [j.public() for j in core.jobs.for_team(team)]
+
+    @app.get("/jobs/{job_id}")
+    async def get_job(job_id: str, caller: Annotated[Caller, caller_for("finetune")]) -> dict[str, Any]:
+        return _own_job(job_id, caller).public()
+
+    @app.post("/jobs/{job_id}/cancel")
+    async def cancel_job(job_id: str, caller: Annotated[Caller, caller_for("finetune")]) -> dict[str, Any]:
+        _own_job(job_id, caller)
+        return core.jobs.request_cancel(job_id).public()
+
+    @app.post("/jobs/{job_id}/retry")
+    async def retry_job(job_id: str, caller: Annotated[Caller, caller_for("finetune")]) -> dict[str, Any]:
+        _own_job(job_id, caller)
+        return core.jobs.retry(job_id).public()
+
+    def _run_file(job_id: str, caller: Caller, name: str) -> Path:
+        _own_job(job_id, caller)
+        path = core.settings.data_dir / "runs" / job_id / name
+        if not path.is_file():
+            raise ModelNotFound(f"job {job_id} has no {name} yet; it is written when training ends")
+        return path
+
+    @app.get("/jobs/{job_id}/report")
+    async def job_report(job_id: str, caller: Annotated[Caller, caller_for("finetune")]) -> JSONResponse:
+        report = json.loads(_run_file(job_id, caller, "report.json").read_text())
+        diagnosis_path = core.settings.data_dir / "runs" / job_id / "diagnosis.json"
+        diagnosis = json.loads(diagnosis_path.read_text()) if diagnosis_path.is_file() else None
+        report.pop("output_dir", None)
+        report.pop("base_model", None)
+        return JSONResponse({"job_id": job_id, "diagnosis": diagnosis, "report": report})
+
+    @app.get("/jobs/{job_id}/learning_curves.png")
+    async def job_curves(job_id: str, caller: Annotated[Caller, caller_for("finetune")]) -> FileResponse:
+        return FileResponse(_run_file(job_id, caller, "learning_curves.png"), media_type="image/png")
+
+    @app.get("/jobs/{job_id}/confusion_matrix.png")
+    async def job_confusion(job_id: str, caller: Annotated[Caller, caller_for("finetune")]) -> FileResponse:
+        return FileResponse(_run_file(job_id, caller, "confusion_matrix.png"), media_type="image/png")
+
+    @app.get("/models")
+    async def list_models(caller: Annotated[Caller, caller_for("predict")]) -> list[dict[str, Any]]:
+        return [
+            {"model": v.model, "version": v.version, "current": v.current, "created_at": v.created_at, **v.summary}
+            for v in core.registry.versions()
+            if caller.team is None or caller.is_admin or v.model.startswith(f"{caller.team}/")
+        ]
+
+    @app.post("/models/{team}/{name}/promote")
+    async def promote(
+        team: str, name: str, body: PromoteRequest, caller: Annotated[Caller, caller_for("finetune")]
+    ) -> dict:
+        model = ModelName.parse(f"{team}/{name}")
+        core.auth.require_model_access(caller, model)
+        core.registry.promote(model, body.version)
+        return {"model": str(model), "current": body.version}
+
+    @app.post("/models/{team}/{name}/rollback")
+    async def rollback(team: str, name: str, caller: Annotated[Caller, caller_for("finetune")]) -> dict:
+        model = ModelName.parse(f"{team}/{name}")
+        core.auth.require_model_access(caller, model)
+        return {"model": str(model), "current": core.registry.rollback(model)}
+
+    return app
+
+
+fitgate_core = Fitgate()
+api = create_app(fitgate_core)
+
+
+@bentoml.service(name="fitgate", http={"port": int(os.environ.get("FITGATE_PORT", "3000"))})
+@bentoml.asgi_app(api, path="/")
+class FitgateService:
+    """BentoML's process model, health probes and /metrics around fitgate's FastAPI routes."""
+
+    def __init__(self) -> None:
+        # mounted apps get no lifespan events from BentoML, so the job runner starts here, once per worker
+        fitgate_core.start_training()

@@ -1,0 +1,157 @@
+"""The predict path: current model versions, hot swap, and a per-model micro-batcher.
+
+Each worker keeps the current version of every model it has served loaded. A refresh
+task reads the registry pointers every ``model_refresh_seconds``; a newly promoted
+version is loaded and verified completely before it replaces the old one, so a request
+is always answered by one complete version, and in-flight requests finish on the one
+they started with.
+
+Concurrent requests for one model are merged into one ONNX Runtime call (up to
+``batch_max_size`` texts, waiting at most ``batch_max_wait_ms``); inside the call texts are
+sorted by length so each sub-batch is padded only to its own longest text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from fitgate.errors import ModelNotFound
+from fitgate.settings import Settings
+from models.names import ModelName
+from models.registry import Registry
+from models.runtime import OnnxClassifier, Prediction
+from service.errors import NoModelDeployed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    texts: list[str]
+    future: asyncio.Future[list[Prediction]]
+
+
+@dataclass
+class LoadedModel:
+    name: ModelName
+    version: str
+    classifier: OnnxClassifier
+    queue: asyncio.Queue[_Pending] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+
+
+class Batcher:
+    """Runs one model's queued requests in merged batches on a worker thread."""
+
+    def __init__(self, max_size: int, max_wait_ms: float) -> None:
+        self.max_size = max_size
+        self.max_wait = max_wait_ms / 1000
+
+    async def run(self, model: LoadedModel) -> None:
+        while True:
+            first = await model.queue.get()
+            batch = [first]
+            size = len(first.texts)
+            deadline = asyncio.get_running_loop().time() + self.max_wait
+            while size < self.max_size:
+                timeout = deadline - asyncio.get_running_loop().time()
+                if timeout <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(model.queue.get(), timeout)
+                except TimeoutError:
+                    break
+                batch.append(item)
+                size += len(item.texts)
+            texts = [t for item in batch for t in item.texts]
+            try:
+                answers = await asyncio.to_thread(model.classifier.predict, texts)
+            except Exception as exc:  # one failed batch fails its requests, never the batcher
+                log.exception("prediction failed for %s:%s", model.name, model.version)
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            start = 0
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_result(answers[start : start + len(item.texts)])
+                start += len(item.texts)
+
+
+class ModelPool:
+    def __init__(self, registry: Registry, settings: Settings) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.batcher = Batcher(settings.batch_max_size, settings.batch_max_wait_ms)
+        self._loaded: dict[ModelName, LoadedModel] = {}
+        self._locks: dict[ModelName, asyncio.Lock] = {}
+        self._refresher: asyncio.Task[None] | None = None
+
+    def default_model(self) -> ModelName:
+        if self.settings.default_model:
+            return ModelName.parse(self.settings.default_model)
+        latest = self.registry.latest_promoted()
+        if latest is None:
+            raise NoModelDeployed(
+                "no model is deployed yet: upload labelled data to POST /finetune (see the README), "
+                "and predict once its job has succeeded"
+            )
+        return latest
+
+    async def _load(self, name: ModelName, version: str) -> LoadedModel:
+        path = self.registry.bundle_path(name, version)
+        classifier = OnnxClassifier(path)
+        await asyncio.to_thread(classifier.load)  # verifies checksums before anything is served
+        model = LoadedModel(name, version, classifier)
+        model.task = asyncio.create_task(self.batcher.run(model))
+        return model
+
+    async def get(self, name: ModelName) -> LoadedModel:
+        model = self._loaded.get(name)
+        if model is not None:
+            return model
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            if name in self._loaded:
+                return self._loaded[name]
+            version = await asyncio.to_thread(self.registry.current, name)
+            if version is None:
+                if not await asyncio.to_thread(self.registry.versions, name):
+                    raise ModelNotFound(f"no model named {name}; GET /models lists the deployed ones")
+                raise NoModelDeployed(f"model {name} has no promoted version; promote one first")
+            self._loaded[name] = await self._load(name, version)
+            self._ensure_refresher()
+            return self._loaded[name]
+
+    async def predict(self, name: ModelName, texts: list[str]) -> tuple[LoadedModel, list[Prediction]]:
+        model = await self.get(name)
+        future: asyncio.Future[list[Prediction]] = asyncio.get_running_loop().create_future()
+        await model.queue.put(_Pending(texts, future))
+        return model, await future
+
+    def _ensure_refresher(self) -> None:
+        if self._refresher is None or self._refresher.done():
+            self._refresher = asyncio.create_task(self._refresh_forever())
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.model_refresh_seconds)
+            for name, model in list(self._loaded.items()):
+                try:
+                    current = await asyncio.to_thread(self.registry.current, name)
+                    if current and current != model.version:
+                        replacement = await self._load(name, current)
+                        self._loaded[name] = replacement  # one assignment: requests see old or new, never half
+                        log.info("%s: now serving version %s (was %s)", name, current, model.version)
+                        asyncio.get_running_loop().call_later(30, _retire, model)
+                except Exception:
+                    log.exception("could not refresh %s; still serving version %s", name, model.version)
+
+
+def _retire(model: LoadedModel) -> None:
+    """Stop an old version's batcher once requests queued on it have had time to finish."""
+    if model.task is not None and model.queue.empty():
+        model.task.cancel()

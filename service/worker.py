@@ -1,0 +1,86 @@
+"""One fine-tune job in its own process: ``python -m service.worker JOB_ID``.
+
+A crash or out-of-memory here ends this process only; the service marks the job failed.
+The worker records its own outcome and exits 0 whenever it could.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from fitgate.errors import FitgateError, GateBlocked, TrainingCancelled
+from fitgate.settings import Settings
+from models.gate import open_registry, release
+from models.names import ModelName
+from service.jobs import JobStore
+from training.arguments import parse_arguments
+from training.loop import fine_tune
+from training.progress import Progress
+
+log = logging.getLogger("fitgate.worker")
+PROGRESS_EVERY_SECONDS = 1.0
+
+
+class _Reporter:
+    """Stores progress at most once a second and remembers whether a cancel was requested."""
+
+    def __init__(self, store: JobStore, job_id: str) -> None:
+        self.store, self.job_id = store, job_id
+        self.cancelled = False
+        self._last = 0.0
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if progress.phase == "training" and now - self._last < PROGRESS_EVERY_SECONDS:
+            return
+        self._last = now
+        self.cancelled = self.store.update_progress(self.job_id, asdict(progress))
+
+    def should_cancel(self) -> bool:
+        return self.cancelled
+
+
+def run_job(job_id: str, settings: Settings) -> None:
+    store = JobStore(settings.data_dir / "jobs.db")
+    job = store.get(job_id)
+    run_dir = settings.data_dir / "runs" / job_id
+    reporter = _Reporter(store, job_id)
+    try:
+        args = parse_arguments({**job.arguments, "base_model": settings.base_model})
+        fine_tune(Path(job.upload), run_dir, args, on_progress=reporter, should_cancel=reporter.should_cancel)
+        released = release(
+            run_dir, ModelName.parse(job.model_name), settings, open_registry(settings), promote=settings.auto_promote
+        )
+        report = json.loads((run_dir / "report.json").read_text())
+        store.finish(job_id, "succeeded", result={
+            "version": released.version,
+            "promoted": released.promoted,
+            "diagnosis": released.diagnosis.to_dict(),
+            "metrics": {"validation_macro_f1": report["validation"]["macro_f1"],
+                        "test_macro_f1": (report.get("test") or {}).get("macro_f1")},
+        })  # fmt: skip
+    except GateBlocked as exc:
+        diagnosis = json.loads((run_dir / "diagnosis.json").read_text())
+        store.finish(job_id, "blocked", reason=exc.message, result={"diagnosis": diagnosis})
+    except TrainingCancelled as exc:
+        store.finish(job_id, "cancelled", reason=exc.message)
+    except FitgateError as exc:
+        store.finish(job_id, "failed", reason=exc.message)
+    except Exception:
+        log.exception("job %s failed unexpectedly", job_id)
+        store.finish(job_id, "failed", reason="internal error during training; see the worker log on the server")
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_job(sys.argv[1], Settings())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
