@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from transformers import BertConfig, BertForSequenceClassification
 
+from training.arguments import TrainingArguments
+from training.loop import fine_tune
 from training.modeling import default_base_model, load_tokenizer
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -57,3 +59,32 @@ def keyword_rows(n: int, seed: int = 0, minority_share: float = 0.3) -> list[tup
 @pytest.fixture
 def keyword_csv(tmp_path: Path) -> Path:
     return write_csv(tmp_path / "train.csv", keyword_rows(300))
+
+
+# --- run directories made once per session by fine-tuning the tiny BERT: one healthy, one underfit ---
+
+
+def _run(tmp: Path, base: Path, **overrides: object) -> Path:
+    data = write_csv(tmp / "train.csv", keyword_rows(300))
+    args = TrainingArguments(
+        **{
+            "base_model": str(base),
+            "learning_rate": 5e-3,
+            "num_train_epochs": 4,
+            "train_eval_size": 100,
+            "max_length": 32,
+            **overrides,
+        }  # type: ignore[arg-type]
+    )
+    fine_tune(data, tmp / "run", args)
+    return tmp / "run"
+
+
+@pytest.fixture(scope="session")
+def healthy_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    return _run(tmp_path_factory.mktemp("healthy"), tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def underfit_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    return _run(tmp_path_factory.mktemp("underfit"), tiny_model_dir, learning_rate=1e-7, num_train_epochs=1)

@@ -1,0 +1,204 @@
+"""End to end against a real `bentoml serve` process: upload -> job -> verdict -> predict, and the edges."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fitgate.settings import Settings
+from models.gate import open_registry, release
+from models.names import ModelName
+from tests.conftest import keyword_rows, write_csv
+from tests.service.conftest import Server, bearer, make_server
+
+pytestmark = pytest.mark.slow
+LEARNABLE = {"parameters": '{"num_train_epochs": 4, "learning_rate": 0.005, "max_length": 32}'}
+
+
+def _upload(server: Server, tmp_path: Path, who: str, model: str, data: dict[str, str] = LEARNABLE) -> httpx.Response:
+    csv = write_csv(tmp_path / "train.csv", keyword_rows(300))
+    with csv.open("rb") as f:
+        return httpx.post(
+            f"{server.url}/finetune", headers=bearer(who), files={"file": ("train.csv", f, "text/csv")},
+            data={"model_name": model, **data}, timeout=60,
+        )  # fmt: skip
+
+
+def test_no_model_yet_says_how_to_train_one(server: Server) -> None:
+    r = httpx.post(f"{server.url}/predict", json={"texts": ["hello"]})
+    assert r.status_code == 503
+    assert "POST /finetune" in r.json()["error"]["message"]
+
+
+def test_upload_trains_gates_registers_and_serves(server: Server, tmp_path: Path) -> None:
+    r = _upload(server, tmp_path, "team-a", "team-a/spam")
+    assert r.status_code == 202
+    job_id = r.json()["job_id"]
+    job = server.wait_job(job_id, {"succeeded", "blocked", "failed"}, bearer("team-a"))
+    assert job["status"] == "succeeded", job
+    assert job["result"]["diagnosis"]["passed"] and job["result"]["promoted"]
+
+    r = httpx.post(
+        f"{server.url}/predict", json={"texts": ["win cash prize now", "see you at lunch"], "model": "team-a/spam"}
+    )
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["model"], body["version"]) == ("team-a/spam", job["result"]["version"])
+    assert [p["label"] for p in body["predictions"]] == ["spam", "ham"]
+    assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-4 for p in body["predictions"])
+
+    report = httpx.get(f"{server.url}/jobs/{job_id}/report", headers=bearer("team-a")).json()
+    assert report["diagnosis"]["passed"] and {c["label"] for c in report["report"]["validation"]["per_class"]} == {
+        "ham",
+        "spam",
+    }
+    png = httpx.get(f"{server.url}/jobs/{job_id}/learning_curves.png", headers=bearer("team-a"))
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
+    models = httpx.get(f"{server.url}/models", headers=bearer("team-a")).json()
+    assert [(m["model"], m["current"], m["verdict"]) for m in models] == [("team-a/spam", True, "passed")]
+
+
+def test_a_blocked_job_says_why_and_deploys_nothing(server: Server, tmp_path: Path) -> None:
+    r = _upload(
+        server,
+        tmp_path,
+        "team-b",
+        "team-b/lazy",
+        {"parameters": '{"learning_rate": 1e-7, "num_train_epochs": 1, "max_length": 32}'},
+    )
+    job = server.wait_job(r.json()["job_id"], {"succeeded", "blocked", "failed"}, bearer("team-b"))
+    assert job["status"] == "blocked"
+    assert "underfit" in job["reason"] and "remedy:" in job["reason"]
+    assert httpx.post(f"{server.url}/predict", json={"texts": ["x"], "model": "team-b/lazy"}).status_code == 404
+
+
+def test_cancel_stops_a_running_job(server: Server, tmp_path: Path) -> None:
+    r = _upload(server, tmp_path, "team-a", "team-a/slow", {"parameters": '{"num_train_epochs": 100}'})
+    job_id = r.json()["job_id"]
+    server.wait_job(job_id, {"running"}, bearer("team-a"))
+    cancel = httpx.post(f"{server.url}/jobs/{job_id}/cancel", headers=bearer("team-a"))
+    assert cancel.status_code == 200
+    job = server.wait_job(job_id, {"cancelled", "failed", "succeeded"}, bearer("team-a"), timeout=60)
+    assert job["status"] == "cancelled"
+
+
+def test_promotion_switches_versions_without_failing_a_request(
+    server: Server, healthy_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FITGATE_DATA_DIR", str(server.data_dir))
+    settings = Settings()
+    registry = open_registry(settings)
+    name = ModelName.parse("team-a/swap")
+    first = release(healthy_run, name, settings, registry, promote=True).version
+    second = release(healthy_run, name, settings, registry, promote=False).version
+    seen: list[str] = []
+    failures: list[int] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            while not stop.is_set():
+                r = c.post("/predict", json={"texts": ["win cash now"], "model": "team-a/swap"})
+                if r.status_code == 200:
+                    seen.append(r.json()["version"])
+                else:
+                    failures.append(r.status_code)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    promote = httpx.post(f"{server.url}/models/team-a/swap/promote", json={"version": second}, headers=bearer("team-a"))
+    assert promote.status_code == 200
+    time.sleep(4)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert first in seen and seen[-1] == second
+    switch = seen.index(second)
+    assert set(seen[switch:]) <= {first, second} and seen[-20:] == [second] * 20
+
+
+@pytest.mark.parametrize(
+    ("who", "path", "status"),
+    [
+        (None, "/jobs", 401),
+        ("wrong", "/jobs", 401),
+        ("predict-only", "/jobs", 403),
+        ("team-a", "/jobs", 200),
+        ("admin", "/jobs", 200),
+    ],
+)
+def test_auth_matrix_on_jobs(server: Server, who: str | None, path: str, status: int) -> None:
+    headers = {"Authorization": "Bearer nope"} if who == "wrong" else (bearer(who) if who else {})
+    r = httpx.get(f"{server.url}{path}", headers=headers)
+    assert r.status_code == status
+    if status >= 400:
+        assert r.json()["error"]["message"]
+
+
+def test_another_team_cannot_train_or_promote_my_model(server: Server, tmp_path: Path) -> None:
+    r = _upload(server, tmp_path, "team-b", "team-a/spam")
+    assert r.status_code == 403 and "belongs to team team-a" in r.json()["error"]["message"]
+    r = httpx.post(f"{server.url}/models/team-a/spam/rollback", headers=bearer("team-b"))
+    assert r.status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"texts": ["x"] * 300}, 422, "the limit is 256"),
+        ({"texts": ["x" * 30_000]}, 422, "texts[0] has 30,000 characters; the limit is 20,000"),
+        ({"texts": []}, 422, "texts"),
+        ({"texts": [None]}, 422, "texts.0"),
+        ({"texts": "not a list"}, 422, "texts"),
+        ({"texts": ["x"], "model": "../etc"}, 422, "model name '../etc' is invalid"),
+        ({"texts": ["x"], "model": "nobody/nothing"}, 404, "no model named nobody/nothing"),
+    ],
+)
+def test_predict_limits_and_bad_requests(server: Server, body: object, status: int, message: str) -> None:
+    r = httpx.post(f"{server.url}/predict", json=body)
+    assert r.status_code == status
+    assert message in r.json()["error"]["message"]
+    assert httpx.get(f"{server.url}/livez").status_code == 200
+
+
+def test_upload_over_the_size_limit_is_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
+    srv = make_server(tmp_path, tiny_model_dir, tokens=False, FITGATE_MAX_UPLOAD_BYTES="2048")
+    srv.start()
+    try:
+        big = tmp_path / "big.csv"
+        big.write_text("text,label\n" + "".join(f"some text {i},a\n" for i in range(5000)))
+        with big.open("rb") as f:
+            r = httpx.post(f"{srv.url}/finetune", files={"file": ("big.csv", f)}, data={"model_name": "a/b"})
+        assert r.status_code == 413 and "FITGATE_MAX_UPLOAD_BYTES" in r.json()["error"]["message"]
+        assert not list((tmp_path / "data").glob("uploads/*/data.csv"))  # the partial upload was removed
+    finally:
+        srv.kill(signal.SIGTERM)
+
+
+def test_kill_9_during_training_then_restart_loses_nothing(tmp_path: Path, tiny_model_dir: Path) -> None:
+    srv = make_server(tmp_path, tiny_model_dir, tokens=False)
+    srv.start()
+    try:
+        r = _upload(srv, tmp_path, "team-a", "team-a/crash", {"parameters": '{"num_train_epochs": 100}'})
+        job_id = r.json()["job_id"]
+        srv.wait_job(job_id, {"running"}, {})
+        time.sleep(2)
+        srv.kill(signal.SIGKILL)
+        srv.start()
+        job = srv.wait_job(job_id, {"failed"}, {}, timeout=30)
+        assert job["reason"].startswith("interrupted")
+        assert httpx.get(f"{srv.url}/models").json() == []  # nothing half-written became visible
+        retried = httpx.post(f"{srv.url}/jobs/{job_id}/retry").json()
+        assert retried["status"] == "queued"
+        srv.wait_job(job_id, {"running"}, {})
+        httpx.post(f"{srv.url}/jobs/{job_id}/cancel")
+    finally:
+        srv.kill(signal.SIGTERM)
