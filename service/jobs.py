@@ -291,5 +291,9 @@ class JobRunner:
                 continue
             del self._children[job_id]
             if code != 0:  # the worker records its own outcome; a non-zero exit it could not record is a crash
-                reason = "out of memory (killed)" if code == -signal.SIGKILL else f"worker exited with code {code}"
+                reason = (
+                    "killed (SIGKILL: out of memory, or stopped by an operator)"
+                    if code == -signal.SIGKILL
+                    else f"exited with code {code}"
+                )
                 self.store.finish(job_id, "failed", reason=f"training process died: {reason}")

@@ -412,7 +412,15 @@ def fine_tune(
         device=str(device),
     )
     save_run(result, model.cpu(), tokenizer, args, splits.validation, val_logits)
-    on_progress(Progress("done", step=step, total_steps=total_steps, metrics={"val_macro_f1": val_scores.macro_f1}))
+    on_progress(
+        Progress(
+            "done",
+            epoch=round(step / steps_per_epoch, 3),
+            step=step,
+            total_steps=total_steps,
+            metrics={"val_macro_f1": val_scores.macro_f1},
+        )
+    )
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from service.auth import hash_token
@@ -65,10 +67,15 @@ class Server:
         raise RuntimeError("server did not become ready")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the whole process group, as an OOM killer or a node failure would."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
-            self.process.wait(timeout=30)
+        """Signal the server and every process under it (BentoML workers start their own sessions)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        tree = [*psutil.Process(self.process.pid).children(recursive=True), psutil.Process(self.process.pid)]
+        for proc in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(sig)
+        psutil.wait_procs(tree, timeout=30)
+        self.process.wait(timeout=30)
 
     def client(self, **headers: str) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60, headers=headers)

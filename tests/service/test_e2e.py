@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -186,19 +188,26 @@ def test_upload_over_the_size_limit_is_refused(tmp_path: Path, tiny_model_dir: P
 def test_kill_9_during_training_then_restart_loses_nothing(tmp_path: Path, tiny_model_dir: Path) -> None:
     srv = make_server(tmp_path, tiny_model_dir, tokens=False)
     srv.start()
+    long_job = {"parameters": '{"num_train_epochs": 100, "learning_rate": 0.005, "early_stopping_patience": null}'}
     try:
-        r = _upload(srv, tmp_path, "team-a", "team-a/crash", {"parameters": '{"num_train_epochs": 100}'})
+        r = _upload(srv, tmp_path, "team-a", "team-a/crash", long_job)
         job_id = r.json()["job_id"]
         srv.wait_job(job_id, {"running"}, {})
         time.sleep(2)
+        # a lost pod: the server's processes and the training process all die at once
+        with sqlite3.connect(srv.data_dir / "jobs.db") as db:
+            (pid,) = db.execute("SELECT pid FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        os.kill(pid, signal.SIGKILL)
         srv.kill(signal.SIGKILL)
         srv.start()
         job = srv.wait_job(job_id, {"failed"}, {}, timeout=30)
         assert job["reason"].startswith("interrupted")
         assert httpx.get(f"{srv.url}/models").json() == []  # nothing half-written became visible
+        assert (srv.data_dir / "uploads" / job_id / "data.csv").is_file()  # the upload is kept for the retry
         retried = httpx.post(f"{srv.url}/jobs/{job_id}/retry").json()
         assert retried["status"] == "queued"
         srv.wait_job(job_id, {"running"}, {})
         httpx.post(f"{srv.url}/jobs/{job_id}/cancel")
+        assert srv.wait_job(job_id, {"cancelled"}, {}, timeout=60)["attempts"] == 2
     finally:
         srv.kill(signal.SIGTERM)
