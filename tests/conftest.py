@@ -17,6 +17,12 @@ SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 EXAMPLE_CSV = Path(__file__).resolve().parents[1] / "examples" / "sms_spam_sample.csv"
 
 
+@pytest.fixture(autouse=True)
+def _isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own fitgate data directory: nothing is written into the checkout."""
+    monkeypatch.setenv("FITGATE_DATA_DIR", str(tmp_path / "fitgate-data"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide BERT using MiniLM's vocabulary: trains in seconds on 2 CPU cores."""

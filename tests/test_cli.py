@@ -53,29 +53,37 @@ def test_out_of_bounds_option_is_refused_with_its_name(capsys: pytest.CaptureFix
     assert "learning_rate: Input should be less than or equal to 0.01" in capsys.readouterr().err
 
 
-def test_finetune_prints_the_per_class_table_and_macro_f1(
+def test_finetune_prints_the_table_macro_f1_and_the_verdict(
     capsys: pytest.CaptureFixture[str], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    """Five steps cannot fit anything: the run reports in full, then the gate blocks it (exit code 3)."""
     code = main(
-        [
-            "finetune",
-            str(EXAMPLE_CSV),
-            "-o",
-            str(tmp_path / "run"),
-            "--base-model",
-            str(tiny_model_dir),
-            "--max-steps",
-            "5",
-            "--early-stopping-patience",
-            "none",
-            "--quiet",
-        ]
-    )
-    assert code == 0
+        ["finetune", str(EXAMPLE_CSV), "-o", str(tmp_path / "run"), "--base-model", str(tiny_model_dir),
+         "--max-steps", "5", "--early-stopping-patience", "none", "--quiet", "--model-name", "cli/test"]
+    )  # fmt: skip
+    assert code == 3
     out = capsys.readouterr().out
     assert "ham " in out and "spam " in out and "precision" in out
     assert "test macro-F1: " in out
+    assert "verdict: BLOCKED (underfit" in out and "remedy:" in out
     assert (tmp_path / "run" / "learning_curves.png").is_file()
+    assert not list(tmp_path.rglob("*.onnx"))
+
+
+def test_models_commands_manage_versions(capsys: pytest.CaptureFixture[str], healthy_run: Path, tmp_path: Path) -> None:
+    assert main(["export", str(healthy_run), "--model-name", "cli/spam"]) == 0
+    assert main(["export", str(healthy_run), "--model-name", "cli/spam", "--no-promote"]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: PASSED" in out and "(not promoted)" in out
+    assert main(["models", "show", "cli/spam"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert len(listing) == 2 and "current" in listing[0] and "current" not in listing[1]
+    version_two = listing[1].split()[0]
+    assert main(["models", "promote", "cli/spam", version_two]) == 0
+    assert main(["models", "rollback", "cli/spam"]) == 0
+    assert main(["models", "rollback", "cli/spam"]) == 2
+    assert "no earlier promoted version" in capsys.readouterr().err
+    assert main(["models", "show", "Bad/Name"]) == 2
 
 
 @pytest.mark.slow
