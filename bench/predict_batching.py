@@ -27,8 +27,7 @@ import httpx
 import numpy as np
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fitgate.settings import Settings
 from models.gate import open_registry, release
@@ -37,6 +36,7 @@ from training.arguments import TrainingArguments
 from training.data import read_labelled_file
 from training.loop import fine_tune
 
+REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "sms_spam_sample.csv"
 NAME = ModelName.parse("bench/sms")
 
