@@ -8,6 +8,7 @@ class, and shape the response; training and ONNX code live in ``training/`` and 
     bentoml serve service.app:Fitgate --port 3000
 """
 
+import asyncio
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from fitgate.errors import ModelNotFound
+from fitgate.errors import FitgateError, ModelNotFound
 from fitgate.settings import Settings
 from models.gate import open_registry
 from models.names import ModelName
@@ -28,6 +29,7 @@ from service.errors import InvalidRequest, PayloadTooLarge, install_error_handle
 from service.jobs import JobRunner, JobStore
 from service.predictor import ModelPool
 from training.arguments import parse_arguments
+from training.loop import load_splits
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 import bentoml
@@ -165,6 +167,11 @@ def create_app(core: Fitgate) -> FastAPI:
                         f"upload exceeds {core.settings.max_upload_bytes:,} bytes (FITGATE_MAX_UPLOAD_BYTES)"
                     )
                 out.write(chunk)
+        try:  # bad data is refused now, with its specific message, not minutes later in a failed job
+            await asyncio.to_thread(load_splits, target, parse_arguments(raw))
+        except FitgateError:
+            shutil.rmtree(folder)
+            raise
         job = core.jobs.create(job_id, name.team, str(name), arguments, target)
         return {"job_id": job.id, "status": job.status}
 
