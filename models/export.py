@@ -138,6 +138,9 @@ def try_int8(
     root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint through the root logger
     try:
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
+    except Exception as exc:  # int8 is optional: its failure ships fp32 with the reason
+        int8_path.unlink(missing_ok=True)
+        return {"kept": False, "reason": f"int8 quantization failed ({type(exc).__name__}); fp32 ships"}
     finally:
         root.setLevel(level)
     session = ort.InferenceSession(str(int8_path), session_options(), providers=["CPUExecutionProvider"])
@@ -194,7 +197,7 @@ def _code_revision() -> str:
             ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
         )
         return out.stdout.strip() or "unknown"
-    except OSError:
+    except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fitgate.errors import GateBlocked
+from fitgate.files import write_text_atomic
 from fitgate.settings import Settings
 from models.export import build_bundle
 from models.names import ModelName
@@ -32,7 +33,7 @@ class Released:
 
 def diagnose_and_record(run: RunDirectory, settings: Settings) -> Diagnosis:
     diagnosis = diagnose_run(run, settings)
-    (run.path / DIAGNOSIS_FILE).write_text(json.dumps(diagnosis.to_dict(), indent=2))
+    write_text_atomic(run.path / DIAGNOSIS_FILE, json.dumps(diagnosis.to_dict(), indent=2))
     return diagnosis
 
 

@@ -101,32 +101,44 @@ class Registry:
             )
 
     def rollback(self, name: ModelName) -> str:
-        """Make the previously current version current again; return it."""
-        stack = self._stack(name)
-        if len(stack) < 2:
-            raise RegistryConflict(
-                f"model {name} has no earlier promoted version to roll back to; promote a version instead"
-            )
-        previous = stack[-2]
+        """Make the previously current version current again; return it.
+
+        Read and write happen in one IMMEDIATE transaction, so two concurrent rollbacks
+        pop two different versions instead of the same one twice.
+        """
         with self._connect() as db:
-            db.execute(
-                "INSERT INTO pointer_events (model, version, action, at) VALUES (?, ?, 'rollback', ?)",
-                (str(name), previous, time.time()),
-            )
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                stack = self._stack(name, db)
+                if len(stack) < 2:
+                    raise RegistryConflict(
+                        f"model {name} has no earlier promoted version to roll back to; promote a version instead"
+                    )
+                previous = stack[-2]
+                db.execute(
+                    "INSERT INTO pointer_events (model, version, action, at) VALUES (?, ?, 'rollback', ?)",
+                    (str(name), previous, time.time()),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         return previous
 
     # --- reading ---------------------------------------------------------------------------
 
-    def _stack(self, name: ModelName) -> list[str]:
-        with self._connect() as db:
-            rows = db.execute(
-                "SELECT version, action FROM pointer_events WHERE model = ? ORDER BY id", (str(name),)
-            ).fetchall()
+    def _stack(self, name: ModelName, db: sqlite3.Connection | None = None) -> list[str]:
+        if db is None:
+            with self._connect() as own:
+                return self._stack(name, own)
+        rows = db.execute(
+            "SELECT version, action FROM pointer_events WHERE model = ? ORDER BY id", (str(name),)
+        ).fetchall()
         stack: list[str] = []
         for version, action in rows:
             if action == "promote":
                 stack.append(version)
-            else:
+            elif stack:
                 stack.pop()
         return stack
 

@@ -20,12 +20,12 @@ from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from fitgate.errors import FitgateError, ModelNotFound
+from fitgate.errors import ModelNotFound
 from fitgate.settings import Settings
 from models.gate import open_registry
 from models.names import ModelName
 from service.auth import Authenticator, Caller, Role
-from service.errors import InvalidRequest, PayloadTooLarge, install_error_handlers
+from service.errors import BodyLimit, InvalidRequest, PayloadTooLarge, install_error_handlers
 from service.jobs import JobRunner, JobStore
 from service.predictor import ModelPool
 from training.arguments import parse_arguments
@@ -94,6 +94,18 @@ class Fitgate:
 def create_app(core: Fitgate) -> FastAPI:
     app = FastAPI(title="fitgate", version="0.1.0")
     install_error_handlers(app)
+    s = core.settings
+    app.add_middleware(
+        BodyLimit,
+        limits={
+            # multipart framing on top of the file; UTF-8 needs at most 4 bytes a character
+            "/finetune": (s.max_upload_bytes + 64 * 1024, "FITGATE_MAX_UPLOAD_BYTES"),
+            "/predict": (
+                4 * s.max_chars_per_text * s.max_texts_per_request + 64 * 1024,
+                "FITGATE_MAX_TEXTS_PER_REQUEST x FITGATE_MAX_CHARS_PER_TEXT",
+            ),
+        },
+    )
 
     def caller_for(role: Role) -> Any:
         def dependency(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
@@ -104,7 +116,6 @@ def create_app(core: Fitgate) -> FastAPI:
 
     @app.post("/predict", response_model=PredictResponse)
     async def predict(body: PredictRequest, caller: Annotated[Caller, caller_for("predict")]) -> PredictResponse:
-        s = core.settings
         if len(body.texts) > s.max_texts_per_request:
             raise InvalidRequest(
                 f"{len(body.texts)} texts in one request; the limit is {s.max_texts_per_request} "
@@ -133,11 +144,6 @@ def create_app(core: Fitgate) -> FastAPI:
         caller: Annotated[Caller, caller_for("finetune")],
         parameters: Annotated[str, Form(description="JSON object of training arguments")] = "{}",
     ) -> dict[str, str]:
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > core.settings.max_upload_bytes + 64 * 1024:  # multipart framing on top of the file
-            raise PayloadTooLarge(
-                f"upload of {declared:,} bytes exceeds {core.settings.max_upload_bytes:,} (FITGATE_MAX_UPLOAD_BYTES)"
-            )
         name = ModelName.parse(model_name)
         core.auth.require_model_access(caller, name)
         try:
@@ -156,23 +162,22 @@ def create_app(core: Fitgate) -> FastAPI:
         folder = core.settings.data_dir / "uploads" / job_id
         folder.mkdir(parents=True)
         target = folder / f"data{suffix}"  # never the client's file name: nothing escapes the data directory
-        size = 0
-        with target.open("wb") as out:
-            while chunk := await file.read(1 << 20):
-                size += len(chunk)
-                if size > core.settings.max_upload_bytes:
-                    out.close()
-                    shutil.rmtree(folder)
-                    raise PayloadTooLarge(
-                        f"upload exceeds {core.settings.max_upload_bytes:,} bytes (FITGATE_MAX_UPLOAD_BYTES)"
-                    )
-                out.write(chunk)
-        try:  # bad data is refused now, with its specific message, not minutes later in a failed job
+        try:
+            size = 0
+            with target.open("wb") as out:
+                while chunk := await file.read(1 << 20):
+                    size += len(chunk)
+                    if size > core.settings.max_upload_bytes:
+                        raise PayloadTooLarge(
+                            f"upload exceeds {core.settings.max_upload_bytes:,} bytes (FITGATE_MAX_UPLOAD_BYTES)"
+                        )
+                    out.write(chunk)
+            # bad data is refused now, with its specific message, not minutes later in a failed job
             await asyncio.to_thread(load_splits, target, parse_arguments(raw))
-        except FitgateError:
-            shutil.rmtree(folder)
+            job = core.jobs.create(job_id, name.team, str(name), arguments, target)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing is kept for a request that was refused
             raise
-        job = core.jobs.create(job_id, name.team, str(name), arguments, target)
         return {"job_id": job.id, "status": job.status}
 
     def _own_job(job_id: str, caller: Caller) -> Any:

@@ -8,11 +8,11 @@ marked failed with reason ``interrupted``; ``retry`` queues them again from the 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     reason TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    host TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
 """
@@ -70,6 +71,7 @@ class Job:
     reason: str | None
     cancel_requested: bool
     attempts: int
+    host: str | None
 
     def public(self) -> dict[str, Any]:
         """What a client sees: never the server's paths."""
@@ -116,7 +118,7 @@ class JobStore:
             arguments=json.loads(row["arguments"]), upload=row["upload"], created_at=row["created_at"],
             started_at=row["started_at"], ended_at=row["ended_at"], pid=row["pid"], progress=loads(row["progress"]),
             result=loads(row["result"]), reason=row["reason"], cancel_requested=bool(row["cancel_requested"]),
-            attempts=row["attempts"],
+            attempts=row["attempts"], host=row["host"],
         )  # fmt: skip
 
     @staticmethod
@@ -151,10 +153,10 @@ class JobStore:
         """Atomically move the oldest queued job to running, if fewer than ``max_running`` run."""
         with self._db() as db:
             row = db.execute(
-                "UPDATE jobs SET status = 'running', started_at = ?, attempts = attempts + 1, pid = NULL "
+                "UPDATE jobs SET status = 'running', started_at = ?, attempts = attempts + 1, pid = NULL, host = ? "
                 "WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at LIMIT 1) "
                 "AND (SELECT COUNT(*) FROM jobs WHERE status = 'running') < ? RETURNING *",
-                (time.time(), max_running),
+                (time.time(), socket.gethostname(), max_running),
             ).fetchone()
         return self._job(row) if row else None
 
@@ -207,15 +209,23 @@ class JobStore:
             )
         return self.get(job_id)
 
-    def recover_interrupted(self) -> list[str]:
-        """Jobs still 'running' whose process is gone (or belongs to a previous service): stop, mark failed."""
+    def recover_interrupted(self, spawn_grace_seconds: float = 60.0) -> list[str]:
+        """Mark failed the jobs this host was running whose training process is gone.
+
+        A job whose process still lives (a sibling worker's, or one that outlived a crashed
+        server) is left alone: the worker records its own outcome. Jobs claimed on other hosts
+        are theirs to recover.
+        """
         interrupted = []
+        host = socket.gethostname()
         for job in self.for_team(None):
-            if job.status != "running":
+            if job.status != "running" or job.host != host:
                 continue
-            if job.pid and _is_worker_of(job.pid, job.id):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(job.pid, signal.SIGKILL)
+            if job.pid is None:
+                if job.started_at and time.time() - job.started_at < spawn_grace_seconds:
+                    continue  # claimed a moment ago; its process is being started
+            elif _is_worker_of(job.pid, job.id):
+                continue
             self.finish(
                 job.id,
                 "failed",
@@ -272,16 +282,21 @@ class JobRunner:
 
     def _spawn(self, job: Job) -> None:
         log_path = Path(job.upload).parent / f"worker-{job.attempts}.log"
-        with log_path.open("ab") as log_file:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "service.worker", job.id],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=Path(__file__).resolve().parents[1],
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
+        try:
+            with log_path.open("ab") as log_file:
+                child = subprocess.Popen(
+                    [sys.executable, "-m", "service.worker", job.id],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    cwd=Path(__file__).resolve().parents[1],
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
+        except OSError:
+            log.exception("could not start the training process of job %s", job.id)
+            self.store.finish(job.id, "failed", reason="the training process could not be started; retry the job")
+            return
+        self._children[job.id] = child  # reaped even if recording the pid fails
         self.store.set_pid(job.id, child.pid)
-        self._children[job.id] = child
         log.info("job %s started in process %d", job.id, child.pid)
 
     def _reap(self) -> None:

@@ -38,7 +38,7 @@ class LoadedModel:
     name: ModelName
     version: str
     classifier: OnnxClassifier
-    queue: asyncio.Queue[_Pending] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[_Pending | None] = field(default_factory=asyncio.Queue)  # None: retire after the rest
     task: asyncio.Task[None] | None = None
 
 
@@ -50,8 +50,12 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000
 
     async def run(self, model: LoadedModel) -> None:
-        while True:
+        """Serve the queue until the retirement marker, answering everything queued before it."""
+        retiring = False
+        while not retiring:
             first = await model.queue.get()
+            if first is None:
+                return
             batch = [first]
             size = len(first.texts)
             deadline = asyncio.get_running_loop().time() + self.max_wait
@@ -62,6 +66,9 @@ class Batcher:
                 try:
                     item = await asyncio.wait_for(model.queue.get(), timeout)
                 except TimeoutError:
+                    break
+                if item is None:
+                    retiring = True
                     break
                 batch.append(item)
                 size += len(item.texts)
@@ -127,6 +134,8 @@ class ModelPool:
             return self._loaded[name]
 
     async def predict(self, name: ModelName, texts: list[str]) -> tuple[LoadedModel, list[Prediction]]:
+        # no await between reading the current model and queueing on it: a swap cannot slip in between,
+        # so nothing is ever queued behind an old version's retirement marker
         model = await self.get(name)
         future: asyncio.Future[list[Prediction]] = asyncio.get_running_loop().create_future()
         await model.queue.put(_Pending(texts, future))
@@ -145,13 +154,7 @@ class ModelPool:
                     if current and current != model.version:
                         replacement = await self._load(name, current)
                         self._loaded[name] = replacement  # one assignment: requests see old or new, never half
+                        model.queue.put_nowait(None)  # the old version answers what it holds, then stops
                         log.info("%s: now serving version %s (was %s)", name, current, model.version)
-                        asyncio.get_running_loop().call_later(30, _retire, model)
                 except Exception:
                     log.exception("could not refresh %s; still serving version %s", name, model.version)
-
-
-def _retire(model: LoadedModel) -> None:
-    """Stop an old version's batcher once requests queued on it have had time to finish."""
-    if model.task is not None and model.queue.empty():
-        model.task.cancel()

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from fitgate.errors import FitgateError, GateBlocked, TrainingCancelled
+from fitgate.errors import FitgateError, GateBlocked, ModelLoadError, TrainingCancelled
 from fitgate.settings import Settings
 from models.gate import open_registry, release
 from models.names import ModelName
@@ -50,6 +51,7 @@ def run_job(job_id: str, settings: Settings) -> None:
     job = store.get(job_id)
     run_dir = settings.data_dir / "runs" / job_id
     reporter = _Reporter(store, job_id)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a retry never shows the previous attempt's report
     try:
         args = parse_arguments({**job.arguments, "base_model": settings.base_model})
         fine_tune(Path(job.upload), run_dir, args, on_progress=reporter, should_cancel=reporter.should_cancel)
@@ -70,7 +72,15 @@ def run_job(job_id: str, settings: Settings) -> None:
     except TrainingCancelled as exc:
         store.finish(job_id, "cancelled", reason=exc.message)
     except FitgateError as exc:
-        store.finish(job_id, "failed", reason=exc.message)
+        if exc.status_code >= 500 or isinstance(exc, ModelLoadError):  # server-side detail stays in the log
+            log.error("job %s failed: %s", job_id, exc.message)
+            store.finish(
+                job_id,
+                "failed",
+                reason=f"{type(exc).__name__}: a server-side step failed; the operators can read the worker log",
+            )
+        else:
+            store.finish(job_id, "failed", reason=exc.message)
     except Exception:
         log.exception("job %s failed unexpectedly", job_id)
         store.finish(job_id, "failed", reason="internal error during training; see the worker log on the server")

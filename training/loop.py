@@ -23,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 import fitgate
 from fitgate.errors import FitgateError, TrainingCancelled
+from fitgate.files import write_text_atomic
 from training import batching, evaluation, losses, modeling
 from training.arguments import TrainingArguments
 from training.curves import CurvePoint, plot_confusion, plot_curves, save_curves
@@ -456,4 +457,4 @@ def save_run(
     report = asdict(result)
     report["output_dir"] = str(out)
     report["fitgate_version"] = fitgate.__version__
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2))  # last: its presence means complete
