@@ -1,0 +1,85 @@
+"""The per-model batcher: merges concurrent requests, keeps answers in order, retires cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from models.names import ModelName
+from models.runtime import Prediction
+from service.predictor import Batcher, LoadedModel, _Pending
+
+
+class CountingClassifier:
+    """Stands in for ONNX Runtime only to count calls; answers echo the text so order is checkable."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.fail_on = fail_on
+
+    def predict(self, texts: list[str]) -> list[Prediction]:
+        self.calls.append(texts)
+        if self.fail_on in texts:
+            raise RuntimeError("boom")
+        return [Prediction(label=t, confidence=1.0, probabilities={t: 1.0}, truncated=False) for t in texts]
+
+
+def _model(classifier: Any) -> LoadedModel:
+    return LoadedModel(ModelName.parse("t/m"), "v1", classifier)
+
+
+async def _ask(model: LoadedModel, texts: list[str]) -> list[str]:
+    future: asyncio.Future[list[Prediction]] = asyncio.get_running_loop().create_future()
+    await model.queue.put(_Pending(texts, future))
+    return [p.label for p in await future]
+
+
+def test_concurrent_requests_share_one_call_and_get_their_own_answers() -> None:
+    async def scenario() -> None:
+        classifier = CountingClassifier()
+        model = _model(classifier)
+        task = asyncio.create_task(Batcher(max_size=64, max_wait_ms=20).run(model))
+        answers = await asyncio.gather(*(_ask(model, [f"t{i}", f"u{i}"]) for i in range(10)))
+        assert answers == [[f"t{i}", f"u{i}"] for i in range(10)]
+        assert len(classifier.calls) < 10  # merged
+        task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_batches_never_exceed_the_size_limit_by_more_than_one_request() -> None:
+    async def scenario() -> None:
+        classifier = CountingClassifier()
+        model = _model(classifier)
+        task = asyncio.create_task(Batcher(max_size=4, max_wait_ms=20).run(model))
+        await asyncio.gather(*(_ask(model, [f"t{i}"]) for i in range(12)))
+        assert all(len(call) <= 4 for call in classifier.calls)
+        task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_batch_fails_its_requests_and_the_batcher_keeps_serving() -> None:
+    async def scenario() -> None:
+        model = _model(CountingClassifier(fail_on="bad"))
+        task = asyncio.create_task(Batcher(max_size=1, max_wait_ms=0).run(model))
+        with pytest.raises(RuntimeError, match="boom"):
+            await _ask(model, ["bad"])
+        assert await _ask(model, ["good"]) == ["good"]
+        task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_retirement_answers_everything_queued_before_it_then_stops() -> None:
+    async def scenario() -> None:
+        model = _model(CountingClassifier())
+        pending = [asyncio.create_task(_ask(model, [f"t{i}"])) for i in range(5)]
+        await asyncio.sleep(0)  # let them queue
+        model.queue.put_nowait(None)
+        await Batcher(max_size=2, max_wait_ms=5).run(model)  # returns once retired
+        assert [await p for p in pending] == [[f"t{i}"] for i in range(5)]
+
+    asyncio.run(scenario())
