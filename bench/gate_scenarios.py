@@ -183,20 +183,25 @@ def main() -> None:
                 }
             )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            write_results(ns.out, rows)  # after every scenario: a stopped run keeps what it measured
 
-    ns.out.parent.mkdir(parents=True, exist_ok=True)
-    ns.out.write_text(
-        json.dumps(
-            {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2
-        )
-    )
-    print("| data set | scenario | expected | verdict | met | exported epoch | train / val macro-F1 | time (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+
+def write_results(out: Path, rows: list[dict[str, object]]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d")}
+    out.write_text(json.dumps({**meta, "rows": rows}, indent=2))
+    lines = [
+        f"`{meta['command']}` ({meta['date']})",
+        "",
+        "| data set | scenario | expected | verdict | met | exported epoch | train / val macro-F1 | time (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        print(
+        lines.append(
             f"| {r['dataset']} | {r['scenario']} | {r['expected']} | {r['verdict']} | {'yes' if r['met'] else 'NO'} "
             f"| {r['exported_epoch']:g} | {r['train_macro_f1']:.3f} / {r['val_macro_f1']:.3f} | {r['seconds']:.0f} |"
         )
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
