@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     """Overfit when train-minus-validation macro-F1 exceeds this AND validation loss diverged."""
     gate_severe_f1_gap: float = Field(0.35, ge=0.0, le=1.0)
     """Overfit on the gap alone: memorised training data that validation does not confirm."""
+    gate_memorized_train_f1: float = Field(0.98, ge=0.0, le=1.0)
+    """Training macro-F1 at or above this counts as memorised training data ..."""
+    gate_memorized_f1_gap: float = Field(0.2, ge=0.0, le=1.0)
+    """... and is overfit when validation trails it by more than this, whatever the loss does."""
     gate_loss_giveback: float = Field(0.25, ge=0.0)
     """Share of its improvement that validation loss gave back by the checkpoint (with a large gap)."""
     gate_severe_loss_giveback: float = Field(1.0, ge=0.0)

@@ -111,7 +111,8 @@ def _overfit(curve: list[CurvePoint], sel: CurvePoint, s: Settings) -> Finding |
     train_kept_falling = sel.train_eval_loss < at_min.train_eval_loss
     diverged = train_kept_falling and giveback > s.gate_loss_giveback
     severely_diverged = train_kept_falling and giveback > s.gate_severe_loss_giveback
-    if not ((gap > s.gate_max_f1_gap and diverged) or severely_diverged or gap > s.gate_severe_f1_gap):
+    memorized = sel.train_macro_f1 >= s.gate_memorized_train_f1 and gap > s.gate_memorized_f1_gap
+    if not ((gap > s.gate_max_f1_gap and diverged) or severely_diverged or memorized or gap > s.gate_severe_f1_gap):
         return None
     return Finding(
         "overfit",
@@ -125,6 +126,9 @@ def _overfit(curve: list[CurvePoint], sel: CurvePoint, s: Settings) -> Finding |
             "f1_gap": gap,
             "f1_gap_threshold": s.gate_max_f1_gap,
             "severe_f1_gap_threshold": s.gate_severe_f1_gap,
+            "memorized": memorized,
+            "memorized_train_f1_threshold": s.gate_memorized_train_f1,
+            "memorized_gap_threshold": s.gate_memorized_f1_gap,
             "val_loss_min": at_min.val_loss,
             "val_loss_min_epoch": at_min.epoch,
             "val_loss_at_checkpoint": sel.val_loss,

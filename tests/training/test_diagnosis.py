@@ -90,6 +90,14 @@ def test_validation_loss_back_above_its_start_is_overfit_even_with_a_small_gap()
     assert "overfit" in _verdicts(curve, 20, labels, preds)
 
 
+def test_memorised_noisy_training_data_is_overfit_even_while_validation_loss_holds() -> None:
+    """banking77 gate scenario: 200 rows, 30% shuffled labels, last of 15 epochs: train 0.995, validation 0.767."""
+    ln10 = math.log(10)
+    curve = _curve([(ln10, 0.1, ln10, 0.1), (1.0, 0.8, 1.1, 0.70), (0.1, 0.99, 0.95, 0.76), (0.05, 0.995, 0.96, 0.767)])
+    labels, preds = _good_predictions(k=10, n=600, accuracy=0.77)
+    assert "overfit" in _verdicts(curve, 30, labels, preds, k=10)
+
+
 def test_a_large_gap_alone_is_not_overfit_while_validation_loss_holds() -> None:
     curve = _curve([(LN2, 0.5, LN2, 0.5), (0.3, 0.90, 0.45, 0.72), (0.2, 0.93, 0.44, 0.74)])
     labels, preds = _good_predictions(accuracy=0.75)
