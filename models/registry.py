@@ -14,8 +14,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import bentoml
 from bentoml._internal.models.model import ModelStore
 
 from fitgate.errors import ModelNotFound, RegistryConflict
+from fitgate.sqlite import connect
 from models.bundle import BundleSpec, load_spec
 from models.names import ModelName
 
@@ -66,15 +66,8 @@ class Registry:
         with self._connect() as db:
             db.executescript(SCHEMA)
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.database, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=30000")
-            yield db
-        finally:
-            db.close()
+    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
+        return connect(self.database)
 
     # --- writing ---------------------------------------------------------------------------
 

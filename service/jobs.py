@@ -19,14 +19,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fitgate.errors import FitgateError, ModelNotFound, RegistryConflict
 from fitgate.settings import Settings
+from fitgate.sqlite import connect
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +97,8 @@ class JobStore:
         with self._db() as db:
             db.executescript(SCHEMA)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.database, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=30000")
-            yield db
-        finally:
-            db.close()
+    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
+        return connect(self.database)
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
