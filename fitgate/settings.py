@@ -88,5 +88,13 @@ class Settings(BaseSettings):
     upload_retention_days: float = Field(7.0, ge=0.0)
     """Uploads are kept this long after their job ends (for retries), then deleted."""
 
+    # --- monitoring (service/drift.py explains the detectors and their calibration) -----------
+    drift_smoothing: float = Field(0.01, gt=0.0, lt=1.0)
+    """EWMA weight of each new request in the drift detectors: about 1/smoothing requests of memory."""
+    drift_run_length: int = Field(20_000, ge=100)
+    """Mean in-distribution requests between false alarms each detector is calibrated for (2x the 10,000 target)."""
+    drift_alarm_hold_requests: int = Field(1000, ge=1)
+    """Requests a detector reports drift for after its latest alarm."""
+
     def bentoml_home(self) -> Path:
         return self.model_store or self.data_dir / "bentoml"

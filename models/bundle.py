@@ -25,16 +25,19 @@ SPEC = "bundle.json"
 
 
 class ReferenceStatistics(BaseModel):
-    """Validation-set statistics the drift monitors compare live traffic with."""
+    """Validation-set statistics the drift monitors compare live traffic with (service/drift.py)."""
 
-    class_distribution: list[float]
-    confidence_quantiles: list[float]  # at QUANTILE_LEVELS
+    class_distribution: list[float]  # share of validation predictions per class
+    confidence_quantiles: list[float]  # at quantile_levels
     input_length_quantiles: list[float]  # tokens, special tokens included
     unknown_token_rate_quantiles: list[float]
     quantile_levels: list[float]
     truncated_share: float
     low_confidence_threshold: float  # the 5th percentile of validation confidence
-    probability_sample: list[list[float]]  # up to 500 predicted probability vectors
+    confidence_sample: list[float]  # per validation example (a random subset of at most 2,000)
+    input_length_sample: list[int]
+    unknown_token_rate_sample: list[float]
+    probability_sample: list[list[float]]  # predicted probability vectors (at most 2,000 rows, 200,000 numbers)
     examples: int
 
 
@@ -49,7 +52,8 @@ class BundleSpec(BaseModel):
     onnx_fp32: str
     onnx_int8: str | None
     input_names: list[str]
-    reference: ReferenceStatistics
+    reference: ReferenceStatistics  # outputs of the fp32 graph
+    reference_int8: ReferenceStatistics | None = None  # outputs of the int8 graph, when it ships
     parity: dict[str, Any]
     quantization: dict[str, Any]
     metrics: dict[str, Any]

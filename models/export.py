@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 OPSET = 17
 INPUT_NAMES = ["input_ids", "attention_mask"]  # token_type_ids: single-text models use the all-zero default
 QUANTILE_LEVELS = [round(q, 2) for q in np.linspace(0.0, 1.0, 21)]
-PROBABILITY_SAMPLE = 500
+REFERENCE_SAMPLE = 2000  # validation examples kept per scalar; drift detectors resample them
+REFERENCE_PROBABILITY_CELLS = 200_000  # caps the probability sample for large label sets
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 REPORT_FILES = ("report.json", "curves.json", "diagnosis.json", "learning_curves.png", "confusion_matrix.png")
 
@@ -177,7 +178,8 @@ def reference_statistics(
     chosen = predict(logits, run.temperature, run.class_bias)
     confidence = probs[np.arange(len(chosen)), chosen]
     rng = np.random.default_rng(run.arguments.seed)
-    sample = rng.choice(len(probs), size=min(PROBABILITY_SAMPLE, len(probs)), replace=False)
+    sample = rng.permutation(len(chosen))[:REFERENCE_SAMPLE]
+    probability_rows = sample[: max(2, REFERENCE_PROBABILITY_CELLS // probs.shape[1])]
     return ReferenceStatistics(
         class_distribution=(np.bincount(chosen, minlength=len(run.label_names)) / len(chosen)).tolist(),
         confidence_quantiles=np.quantile(confidence, QUANTILE_LEVELS).tolist(),
@@ -186,7 +188,10 @@ def reference_statistics(
         quantile_levels=QUANTILE_LEVELS,
         truncated_share=float(np.mean(truncated)),
         low_confidence_threshold=float(np.quantile(confidence, 0.05)),
-        probability_sample=np.round(probs[sample], 6).tolist(),
+        confidence_sample=np.round(confidence[sample], 6).tolist(),
+        input_length_sample=[int(lengths[i]) for i in sample],
+        unknown_token_rate_sample=[round(float(unknown_rate[i]), 6) for i in sample],
+        probability_sample=np.round(probs[probability_rows], 6).tolist(),
         examples=len(chosen),
     )
 
@@ -238,6 +243,15 @@ def build_bundle(run: RunDirectory, diagnosis: Diagnosis, dest: Path, settings: 
     fp32_logits = run_logits(session, encoded.ids)
     quantization = try_int8(fp32_path, dest / "model.int8.onnx", encoded.ids, fp32_logits, run, settings)
 
+    lengths = [len(x) for x in encoded.ids]
+    int8_logits = (
+        run_logits(
+            ort.InferenceSession(str(dest / "model.int8.onnx"), session_options(), providers=["CPUExecutionProvider"]),
+            encoded.ids,
+        )
+        if quantization["kept"]
+        else None
+    )
     (dest / "report").mkdir()
     for name in REPORT_FILES:
         if (run.path / name).exists():
@@ -251,8 +265,11 @@ def build_bundle(run: RunDirectory, diagnosis: Diagnosis, dest: Path, settings: 
         onnx_fp32=fp32_path.name,
         onnx_int8="model.int8.onnx" if quantization["kept"] else None,
         input_names=INPUT_NAMES,
-        reference=reference_statistics(
-            fp32_logits, [len(x) for x in encoded.ids], encoded.unknown_rate, encoded.truncated, run
+        reference=reference_statistics(fp32_logits, lengths, encoded.unknown_rate, encoded.truncated, run),
+        reference_int8=(
+            reference_statistics(int8_logits, lengths, encoded.unknown_rate, encoded.truncated, run)
+            if int8_logits is not None
+            else None
         ),
         parity=parity,
         quantization=quantization,

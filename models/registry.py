@@ -139,6 +139,12 @@ class Registry:
         stack = self._stack(name)
         return stack[-1] if stack else None
 
+    def current_versions(self) -> dict[str, str]:
+        """Every model's current version (models whose pointer was rolled back to nothing are absent)."""
+        with self._connect() as db:
+            models = [row[0] for row in db.execute("SELECT DISTINCT model FROM versions")]
+        return {m: v for m in models if (v := self.current(ModelName.parse(m)))}
+
     def latest_promoted(self) -> ModelName | None:
         """The model whose pointer moved last: what /predict answers when no model is named."""
         with self._connect() as db:

@@ -26,6 +26,21 @@ class Encoded:
 
 
 @dataclass(frozen=True)
+class Classified:
+    """One batch's outputs as arrays: what the predict response and the monitors are built from."""
+
+    probabilities: np.ndarray  # (n, K), calibrated
+    chosen: np.ndarray  # (n,) class index under the decision rule
+    input_tokens: list[int]
+    unknown_rate: list[float]
+    truncated: list[bool]
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probabilities[np.arange(len(self.chosen)), self.chosen]
+
+
+@dataclass(frozen=True)
 class Prediction:
     label: str
     confidence: float
@@ -128,13 +143,17 @@ class OnnxClassifier:
         assert self._session is not None, "call load() first"
         return run_logits(self._session, ids)
 
-    def predict(self, texts: list[str]) -> list[Prediction]:
+    def classify(self, texts: list[str]) -> Classified:
         assert self.spec is not None, "call load() first"
         encoded = self.encode(texts)
         scaled = self.logits(encoded.ids) / self.spec.temperature
         probs = np.exp(scaled - scaled.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)
         chosen = np.argmax(scaled + np.array(self.spec.class_bias), axis=1)
+        return Classified(probs, chosen, [len(i) for i in encoded.ids], encoded.unknown_rate, encoded.truncated)
+
+    def predictions(self, classified: Classified) -> list[Prediction]:
+        assert self.spec is not None, "call load() first"
         labels = self.spec.labels
         return [
             Prediction(
@@ -143,5 +162,8 @@ class OnnxClassifier:
                 probabilities={name: float(v) for name, v in zip(labels, p, strict=True)},
                 truncated=t,
             )
-            for c, p, t in zip(chosen, probs, encoded.truncated, strict=True)
+            for c, p, t in zip(classified.chosen, classified.probabilities, classified.truncated, strict=True)
         ]
+
+    def predict(self, texts: list[str]) -> list[Prediction]:
+        return self.predictions(self.classify(texts))

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,6 +28,7 @@ from models.names import ModelName
 from service.auth import Authenticator, Caller, Role
 from service.errors import BodyLimit, InvalidRequest, PayloadTooLarge, install_error_handlers
 from service.jobs import JobRunner, JobStore
+from service.monitoring import PREDICT_LATENCY
 from service.predictor import ModelPool
 from training.arguments import parse_arguments
 from training.loop import load_splits
@@ -129,7 +131,9 @@ def create_app(core: Fitgate) -> FastAPI:
                 )
         name = ModelName.parse(body.model) if body.model else core.pool.default_model()
         core.auth.require_model_access(caller, name)
+        started = time.perf_counter()
         model, answers = await core.pool.predict(name, body.texts)
+        PREDICT_LATENCY.labels(str(name)).observe(time.perf_counter() - started)
         return PredictResponse(
             model=str(name),
             version=model.version,
@@ -267,3 +271,8 @@ class FitgateService:
     def __init__(self) -> None:
         # mounted apps get no lifespan events from BentoML, so the job runner starts here, once per worker
         fitgate_core.start_training()
+
+    @bentoml.on_startup
+    async def load_default_model(self) -> None:
+        """Load the deployed model before the first request; /metrics then shows it from the start."""
+        await fitgate_core.pool.start()

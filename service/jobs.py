@@ -27,6 +27,7 @@ from typing import Any
 from fitgate.errors import FitgateError, ModelNotFound, RegistryConflict
 from fitgate.settings import Settings
 from fitgate.sqlite import connect
+from service.monitoring import record_job_outcome
 
 log = logging.getLogger(__name__)
 
@@ -297,10 +298,20 @@ class JobRunner:
             if code is None:
                 continue
             del self._children[job_id]
-            if code != 0:  # the worker records its own outcome; a non-zero exit it could not record is a crash
-                reason = (
-                    "killed (SIGKILL: out of memory, or stopped by an operator)"
-                    if code == -signal.SIGKILL
-                    else f"exited with code {code}"
-                )
-                self.store.finish(job_id, "failed", reason=f"training process died: {reason}")
+            self._record_outcome(job_id, code)
+
+    def _record_outcome(self, job_id: str, code: int) -> None:
+        if code != 0:  # the worker records its own outcome; a non-zero exit it could not record is a crash
+            reason = (
+                "killed (SIGKILL: out of memory, or stopped by an operator)"
+                if code == -signal.SIGKILL
+                else f"exited with code {code}"
+            )
+            self.store.finish(job_id, "failed", reason=f"training process died: {reason}")
+        job = self.store.get(job_id)
+        if job.status not in FINAL:
+            return
+        diagnosis = (job.result or {}).get("diagnosis") or {}
+        verdicts = ["pass"] if diagnosis.get("passed") else list(diagnosis.get("blocking") or [])
+        seconds = job.ended_at - job.started_at if job.ended_at and job.started_at else None
+        record_job_outcome(job.status, seconds, verdicts)

@@ -23,6 +23,7 @@ from models.names import ModelName
 from models.registry import Registry
 from models.runtime import OnnxClassifier, Prediction
 from service.errors import NoModelDeployed
+from service.monitoring import MODELS_LOADED, ModelMonitor, record_current_versions
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class LoadedModel:
     name: ModelName
     version: str
     classifier: OnnxClassifier
+    monitor: ModelMonitor
     queue: asyncio.Queue[_Pending | None] = field(default_factory=asyncio.Queue)  # None: retire after the rest
     task: asyncio.Task[None] | None = None
 
@@ -74,7 +76,7 @@ class Batcher:
                 size += len(item.texts)
             texts = [t for item in batch for t in item.texts]
             try:
-                answers = await asyncio.to_thread(model.classifier.predict, texts)
+                answers = await asyncio.to_thread(_classify_and_observe, model, texts)
             except Exception as exc:  # one failed batch fails its requests, never the batcher
                 log.exception("prediction failed for %s:%s", model.name, model.version)
                 for item in batch:
@@ -88,6 +90,15 @@ class Batcher:
                 start += len(item.texts)
 
 
+def _classify_and_observe(model: LoadedModel, texts: list[str]) -> list[Prediction]:
+    classified = model.classifier.classify(texts)
+    try:
+        model.monitor.observe(classified)
+    except Exception:  # monitoring never costs a prediction
+        log.exception("monitoring failed for %s:%s", model.name, model.version)
+    return model.classifier.predictions(classified)
+
+
 class ModelPool:
     def __init__(self, registry: Registry, settings: Settings) -> None:
         self.registry = registry
@@ -96,6 +107,7 @@ class ModelPool:
         self._loaded: dict[ModelName, LoadedModel] = {}
         self._locks: dict[ModelName, asyncio.Lock] = {}
         self._refresher: asyncio.Task[None] | None = None
+        self._current: dict[str, str] = {}
 
     def default_model(self) -> ModelName:
         if self.settings.default_model:
@@ -108,11 +120,26 @@ class ModelPool:
             )
         return latest
 
+    async def start(self) -> None:
+        """Load the default model (when one is deployed) before the first request, and watch the registry."""
+        try:
+            await self.get(self.default_model())
+        except NoModelDeployed:
+            log.info("no model is deployed yet; /predict answers 503 until one is promoted")
+        except Exception:
+            log.exception("could not load the default model at startup; /predict will retry on demand")
+        self._ensure_refresher()
+
+    def _monitor(self, name: ModelName, version: str, classifier: OnnxClassifier) -> ModelMonitor:
+        assert classifier.spec is not None
+        return ModelMonitor(str(name), version, classifier.spec, classifier.served_graph, self.settings)
+
     async def _load(self, name: ModelName, version: str) -> LoadedModel:
         path = self.registry.bundle_path(name, version)
         classifier = OnnxClassifier(path)
         await asyncio.to_thread(classifier.load)  # verifies checksums before anything is served
-        model = LoadedModel(name, version, classifier)
+        monitor = await asyncio.to_thread(self._monitor, name, version, classifier)
+        model = LoadedModel(name, version, classifier, monitor)
         model.task = asyncio.create_task(self.batcher.run(model))
         return model
 
@@ -130,6 +157,7 @@ class ModelPool:
                     raise ModelNotFound(f"no model named {name}; GET /models lists the deployed ones")
                 raise NoModelDeployed(f"model {name} has no promoted version; promote one first")
             self._loaded[name] = await self._load(name, version)
+            MODELS_LOADED.set(len(self._loaded))
             self._ensure_refresher()
             return self._loaded[name]
 
@@ -148,6 +176,12 @@ class ModelPool:
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.model_refresh_seconds)
+            try:
+                current = await asyncio.to_thread(self.registry.current_versions)
+                record_current_versions(current, self._current)
+                self._current = current
+            except Exception:
+                log.exception("could not read the registry's current versions")
             for name, model in list(self._loaded.items()):
                 try:
                     current = await asyncio.to_thread(self.registry.current, name)
@@ -155,6 +189,7 @@ class ModelPool:
                         replacement = await self._load(name, current)
                         self._loaded[name] = replacement  # one assignment: requests see old or new, never half
                         model.queue.put_nowait(None)  # the old version answers what it holds, then stops
+                        model.monitor.retire()
                         log.info("%s: now serving version %s (was %s)", name, current, model.version)
                 except Exception:
                     log.exception("could not refresh %s; still serving version %s", name, model.version)

@@ -19,15 +19,29 @@ class CountingClassifier:
         self.calls: list[list[str]] = []
         self.fail_on = fail_on
 
-    def predict(self, texts: list[str]) -> list[Prediction]:
+    def classify(self, texts: list[str]) -> list[str]:
         self.calls.append(texts)
         if self.fail_on in texts:
             raise RuntimeError("boom")
+        return texts
+
+    def predictions(self, texts: list[str]) -> list[Prediction]:
         return [Prediction(label=t, confidence=1.0, probabilities={t: 1.0}, truncated=False) for t in texts]
 
 
-def _model(classifier: Any) -> LoadedModel:
-    return LoadedModel(ModelName.parse("t/m"), "v1", classifier)
+class RecordingMonitor:
+    def __init__(self, fail: bool = False) -> None:
+        self.batches: list[Any] = []
+        self.fail = fail
+
+    def observe(self, batch: Any) -> None:
+        if self.fail:
+            raise ValueError("monitor broke")
+        self.batches.append(batch)
+
+
+def _model(classifier: Any, monitor: Any = None) -> LoadedModel:
+    return LoadedModel(ModelName.parse("t/m"), "v1", classifier, monitor or RecordingMonitor())
 
 
 async def _ask(model: LoadedModel, texts: list[str]) -> list[str]:
@@ -44,6 +58,28 @@ def test_concurrent_requests_share_one_call_and_get_their_own_answers() -> None:
         answers = await asyncio.gather(*(_ask(model, [f"t{i}", f"u{i}"]) for i in range(10)))
         assert answers == [[f"t{i}", f"u{i}"] for i in range(10)]
         assert len(classifier.calls) < 10  # merged
+        task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_every_batch_is_observed_by_the_monitor() -> None:
+    async def scenario() -> None:
+        monitor = RecordingMonitor()
+        model = _model(CountingClassifier(), monitor)
+        task = asyncio.create_task(Batcher(max_size=64, max_wait_ms=20).run(model))
+        await asyncio.gather(*(_ask(model, [f"t{i}"]) for i in range(6)))
+        assert sorted(t for batch in monitor.batches for t in batch) == sorted(f"t{i}" for i in range(6))
+        task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_broken_monitor_never_costs_a_prediction() -> None:
+    async def scenario() -> None:
+        model = _model(CountingClassifier(), RecordingMonitor(fail=True))
+        task = asyncio.create_task(Batcher(max_size=1, max_wait_ms=0).run(model))
+        assert await _ask(model, ["still answered"]) == ["still answered"]
         task.cancel()
 
     asyncio.run(scenario())

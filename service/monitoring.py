@@ -1,0 +1,214 @@
+"""Prometheus metrics: every prediction, the drift detectors, and the training jobs.
+
+BentoML runs ``prometheus_client`` in multiprocess mode and serves ``/metrics`` by merging
+every worker's files. Counters and histograms add up across workers. Each worker runs its
+own drift detectors over the requests it serves (a random share of the traffic, so the
+same calibration holds); the drift gauges export the largest value among live workers
+(``livemax``), so a model is flagged when any worker detects drift. With W workers each
+sees 1/W of the requests: false alarms per request stay the same, detection delays in
+total requests grow about W-fold.
+
+Label sets are bounded: model and version (versions of retired models stay at 0), the
+model's own class labels, the detector names, job statuses and gate verdicts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+import numpy as np
+from prometheus_client import Counter, Gauge, Histogram
+
+from fitgate.settings import Settings
+from models.bundle import BundleSpec, ReferenceStatistics
+from models.runtime import Classified
+from service.drift import DETECTORS, DriftDetectors, Reference, calibrate
+
+log = logging.getLogger(__name__)
+
+MODEL = ("model", "version")
+# from 1/K up to 1, finest near 1 where a healthy model's confidences sit
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9999, 1.0)
+PERCENTILE_BUCKETS = tuple(round(i / 20, 2) for i in range(1, 21))
+LENGTH_BUCKETS = (4, 8, 16, 32, 64, 128, 256, 512)
+DURATION_BUCKETS = (60, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400)
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+DRIFT_SEED = 0
+
+PREDICTIONS = Counter("fitgate_predictions_total", "Predictions by predicted class.", [*MODEL, "label"])
+CONFIDENCE = Histogram(
+    "fitgate_prediction_confidence", "Calibrated probability of the predicted class.", MODEL, buckets=CONFIDENCE_BUCKETS
+)
+CONFIDENCE_PERCENTILE = Histogram(
+    "fitgate_prediction_confidence_percentile",
+    "Confidence as its percentile among validation predictions: flat when traffic looks like validation.",
+    MODEL,
+    buckets=PERCENTILE_BUCKETS,
+)
+LOW_CONFIDENCE = Counter(
+    "fitgate_low_confidence_predictions_total",
+    "Predictions below the model's low-confidence threshold (5th percentile of validation confidence).",
+    MODEL,
+)
+INPUT_LENGTH = Histogram("fitgate_input_length_tokens", "Tokens per input text.", MODEL, buckets=LENGTH_BUCKETS)
+TRUNCATED = Counter("fitgate_truncated_inputs_total", "Texts cut at the model's max_length.", MODEL)
+INPUT_TOKENS = Counter("fitgate_input_tokens_total", "Tokens of input text, special tokens excluded.", MODEL)
+UNKNOWN_TOKENS = Counter("fitgate_unknown_tokens_total", "Input tokens the tokenizer did not know ([UNK]).", MODEL)
+PREDICT_LATENCY = Histogram(
+    "fitgate_predict_request_duration_seconds", "Time to answer POST /predict.", ["model"], buckets=LATENCY_BUCKETS
+)
+
+LOW_CONFIDENCE_THRESHOLD = Gauge(
+    "fitgate_low_confidence_threshold", "The model's low-confidence threshold.", MODEL, multiprocess_mode="livemax"
+)
+REFERENCE_CLASS_SHARE = Gauge(
+    "fitgate_reference_class_share",
+    "Share of each class among validation predictions, to compare with the live mix.",
+    [*MODEL, "label"],
+    multiprocess_mode="livemax",
+)
+MODEL_LOADED = Gauge(
+    "fitgate_model_loaded", "1 while a worker serves this model version.", MODEL, multiprocess_mode="livemax"
+)
+MODELS_LOADED = Gauge(
+    "fitgate_models_loaded", "Model versions loaded, in the worker with the fewest.", multiprocess_mode="livemin"
+)
+MODEL_CURRENT = Gauge(
+    "fitgate_model_current_info",
+    "1 for the registry's current version of each model.",
+    MODEL,
+    multiprocess_mode="livemax",
+)
+
+DRIFT_STATISTIC = Gauge(
+    "fitgate_drift_statistic", "Drift detector statistic (alarm above the threshold).", [*MODEL, "detector"],
+    multiprocess_mode="livemax",
+)  # fmt: skip
+DRIFT_THRESHOLD = Gauge(
+    "fitgate_drift_threshold", "Drift detector threshold (calibrated false-alarm rate).", [*MODEL, "detector"],
+    multiprocess_mode="livemax",
+)  # fmt: skip
+DRIFT_DETECTED = Gauge(
+    "fitgate_drift_detected", "1 when the detector alarmed within its hold period.", [*MODEL, "detector"],
+    multiprocess_mode="livemax",
+)  # fmt: skip
+DRIFT_ALARMS = Counter("fitgate_drift_alarms_total", "Drift alarms.", [*MODEL, "detector"])
+
+JOBS = Counter("fitgate_jobs_total", "Fine-tune jobs by final status.", ["status"])
+GATE_VERDICTS = Counter("fitgate_gate_verdicts_total", "Gate outcomes: pass, or each blocking verdict.", ["verdict"])
+JOB_DURATION = Histogram(
+    "fitgate_job_duration_seconds", "Fine-tune job wall time by final status.", ["status"], buckets=DURATION_BUCKETS
+)
+
+
+def reference_arrays(statistics: ReferenceStatistics) -> Reference:
+    return Reference(
+        class_shares=np.asarray(statistics.class_distribution, dtype=float),
+        examples=statistics.examples,
+        probabilities=np.asarray(statistics.probability_sample, dtype=float),
+        scalars={
+            "confidence": np.asarray(statistics.confidence_sample, dtype=float),
+            "input_length": np.asarray(statistics.input_length_sample, dtype=float),
+            "unknown_token_rate": np.asarray(statistics.unknown_token_rate_sample, dtype=float),
+        },
+    )
+
+
+class ModelMonitor:
+    """Metrics and drift detectors of one served model version; ``observe`` after every batch.
+
+    Not thread-safe: the model's batcher calls ``observe`` for one batch at a time.
+    """
+
+    def __init__(self, model: str, version: str, spec: BundleSpec, served_graph: str, settings: Settings) -> None:
+        self.model, self.version = model, version
+        statistics = spec.reference_int8 if served_graph == spec.onnx_int8 and spec.reference_int8 else spec.reference
+        self.low_confidence_threshold = statistics.low_confidence_threshold
+        self.reference_confidence = sorted(statistics.confidence_sample)
+        reference = reference_arrays(statistics)
+        started = time.perf_counter()
+        thresholds = calibrate(reference, settings.drift_smoothing, settings.drift_run_length, seed=DRIFT_SEED)
+        log.info(
+            "%s:%s drift thresholds calibrated in %.1fs: %s",
+            model,
+            version,
+            time.perf_counter() - started,
+            {k: round(v, 3) for k, v in thresholds.items()},
+        )
+        self.detectors = DriftDetectors.build(
+            reference, settings.drift_smoothing, thresholds, settings.drift_alarm_hold_requests
+        )
+        labels = (model, version)
+        self._predictions = [PREDICTIONS.labels(*labels, name) for name in spec.labels]
+        self._confidence = CONFIDENCE.labels(*labels)
+        self._percentile = CONFIDENCE_PERCENTILE.labels(*labels)
+        self._low_confidence = LOW_CONFIDENCE.labels(*labels)
+        self._length = INPUT_LENGTH.labels(*labels)
+        self._truncated = TRUNCATED.labels(*labels)
+        self._tokens = INPUT_TOKENS.labels(*labels)
+        self._unknown = UNKNOWN_TOKENS.labels(*labels)
+        self._statistic = {d.name: DRIFT_STATISTIC.labels(*labels, d.name) for d in self.detectors.all()}
+        self._detected = {d.name: DRIFT_DETECTED.labels(*labels, d.name) for d in self.detectors.all()}
+        self._alarms = {d.name: DRIFT_ALARMS.labels(*labels, d.name) for d in self.detectors.all()}
+        for d in self.detectors.all():
+            DRIFT_THRESHOLD.labels(*labels, d.name).set(d.threshold)
+            self._statistic[d.name].set(0)
+            self._detected[d.name].set(0)
+        LOW_CONFIDENCE_THRESHOLD.labels(*labels).set(self.low_confidence_threshold)
+        for name, share in zip(spec.labels, statistics.class_distribution, strict=True):
+            REFERENCE_CLASS_SHARE.labels(*labels, name).set(share)
+        MODEL_LOADED.labels(*labels).set(1)
+
+    def observe(self, batch: Classified) -> None:
+        """Record one batch of predictions: O(1) per text per detector, plus O(K) for the probability vector."""
+        confidence = batch.confidence
+        detectors = self.detectors
+        for i, predicted in enumerate(batch.chosen.tolist()):
+            c = float(confidence[i])
+            tokens = batch.input_tokens[i]
+            unknown = batch.unknown_rate[i]
+            self._predictions[predicted].inc()
+            self._confidence.observe(c)
+            self._percentile.observe(detectors.confidence.percentile(c))
+            if c < self.low_confidence_threshold:
+                self._low_confidence.inc()
+            self._length.observe(tokens)
+            if batch.truncated[i]:
+                self._truncated.inc()
+            words = max(0, tokens - 2)  # [CLS] and [SEP] are not the user's text
+            self._tokens.inc(words)
+            if unknown:
+                self._unknown.inc(unknown * words)
+            for name in detectors.update(predicted, batch.probabilities[i], c, tokens, unknown):
+                self._alarms[name].inc()
+                log.warning("%s:%s drift detected by %s", self.model, self.version, name)
+        for d in detectors.all():
+            self._statistic[d.name].set(d.statistic)
+            self._detected[d.name].set(1 if d.detected else 0)
+
+    def retire(self) -> None:
+        """This version is no longer served here: its gauges drop to 0 (multiprocess files keep the series)."""
+        labels = (self.model, self.version)
+        MODEL_LOADED.labels(*labels).set(0)
+        for name in DETECTORS:
+            DRIFT_DETECTED.labels(*labels, name).set(0)
+            DRIFT_STATISTIC.labels(*labels, name).set(0)
+
+
+def record_current_versions(current: dict[str, str], previous: dict[str, str]) -> None:
+    """Point ``fitgate_model_current_info`` at each model's current version."""
+    for model, version in previous.items():
+        if current.get(model) != version:
+            MODEL_CURRENT.labels(model, version).set(0)
+    for model, version in current.items():
+        MODEL_CURRENT.labels(model, version).set(1)
+
+
+def record_job_outcome(status: str, seconds: float | None, verdicts: Iterable[str]) -> None:
+    JOBS.labels(status).inc()
+    if seconds is not None:
+        JOB_DURATION.labels(status).observe(seconds)
+    for verdict in verdicts:
+        GATE_VERDICTS.labels(verdict).inc()
