@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     """Texts in one /predict request."""
     max_chars_per_text: int = Field(20_000, ge=16)
     """Characters in one text sent to /predict (longer texts are refused; tokens beyond the model's max are cut)."""
+    workers: int = Field(1, ge=1, le=64)
+    """Worker processes serving HTTP; each holds its own copy of the models it serves."""
     batch_max_size: int = Field(64, ge=1, le=1024)
     """Texts the predict batcher groups into one ONNX Runtime call."""
     batch_max_wait_ms: float = Field(2.0, ge=0.0, le=100.0)

@@ -263,7 +263,9 @@ fitgate_core = Fitgate()
 api = create_app(fitgate_core)
 
 
-@bentoml.service(name="fitgate", http={"port": int(os.environ.get("FITGATE_PORT", "3000"))})
+@bentoml.service(
+    name="fitgate", workers=fitgate_core.settings.workers, http={"port": int(os.environ.get("FITGATE_PORT", "3000"))}
+)
 @bentoml.asgi_app(api, path="/")
 class FitgateService:
     """BentoML's process model, health probes and /metrics around fitgate's FastAPI routes."""

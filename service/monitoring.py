@@ -160,6 +160,7 @@ class ModelMonitor:
         for name, share in zip(spec.labels, statistics.class_distribution, strict=True):
             REFERENCE_CLASS_SHARE.labels(*labels, name).set(share)
         MODEL_LOADED.labels(*labels).set(1)
+        self.retired = False
 
     def observe(self, batch: Classified) -> None:
         """Record one batch of predictions: O(1) per text per detector, plus O(K) for the probability vector."""
@@ -184,12 +185,15 @@ class ModelMonitor:
             for name in detectors.update(predicted, batch.probabilities[i], c, tokens, unknown):
                 self._alarms[name].inc()
                 log.warning("%s:%s drift detected by %s", self.model, self.version, name)
+        if self.retired:
+            return  # the last batches of a replaced version do not bring its gauges back
         for d in detectors.all():
             self._statistic[d.name].set(d.statistic)
             self._detected[d.name].set(1 if d.detected else 0)
 
     def retire(self) -> None:
         """This version is no longer served here: its gauges drop to 0 (multiprocess files keep the series)."""
+        self.retired = True
         labels = (self.model, self.version)
         MODEL_LOADED.labels(*labels).set(0)
         for name in DETECTORS:

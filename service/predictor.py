@@ -178,18 +178,21 @@ class ModelPool:
             await asyncio.sleep(self.settings.model_refresh_seconds)
             try:
                 current = await asyncio.to_thread(self.registry.current_versions)
-                record_current_versions(current, self._current)
-                self._current = current
             except Exception:
-                log.exception("could not read the registry's current versions")
+                log.exception("could not read the registry; still serving the loaded versions")
+                continue
+            record_current_versions(current, self._current)
+            self._current = current
             for name, model in list(self._loaded.items()):
+                version = current.get(str(name))
+                if not version or version == model.version:
+                    continue
                 try:
-                    current = await asyncio.to_thread(self.registry.current, name)
-                    if current and current != model.version:
-                        replacement = await self._load(name, current)
-                        self._loaded[name] = replacement  # one assignment: requests see old or new, never half
-                        model.queue.put_nowait(None)  # the old version answers what it holds, then stops
-                        model.monitor.retire()
-                        log.info("%s: now serving version %s (was %s)", name, current, model.version)
+                    replacement = await self._load(name, version)
                 except Exception:
-                    log.exception("could not refresh %s; still serving version %s", name, model.version)
+                    log.exception("could not load %s:%s; still serving version %s", name, version, model.version)
+                    continue
+                self._loaded[name] = replacement  # one assignment: requests see old or new, never half
+                model.queue.put_nowait(None)  # the old version answers what it holds, then stops
+                model.monitor.retire()
+                log.info("%s: now serving version %s (was %s)", name, version, model.version)
