@@ -80,7 +80,7 @@ def classify(classifier: OnnxClassifier, data: LabelledData) -> Outputs:
 
 def prepare_model(rows: int, epochs: int) -> tuple[OnnxClassifier, LabelledData, LabelledData, Path]:
     """Train (or reuse) the SMS model; return it, its training rows, its validation rows, the run dir."""
-    full = read_labelled_file(DATASETS / "sms_spam" / "sms_spam.csv").data
+    full = read_labelled_file(DATASETS / "sms_spam" / "sms_spam.csv")[0]
     key = CACHE / f"rows{rows}-epochs{epochs}"
     run_dir = key / "run"
     settings = Settings(data_dir=key / "data")
@@ -98,7 +98,7 @@ def prepare_model(rows: int, epochs: int) -> tuple[OnnxClassifier, LabelledData,
         release(run_dir, NAME, settings, registry, promote=True)
     classifier = OnnxClassifier(registry.bundle_path(NAME))
     classifier.load()
-    validation = read_labelled_file(run_dir / "validation.csv").data
+    validation = read_labelled_file(run_dir / "validation.csv")[0]
     return classifier, validation, held_out, run_dir
 
 
@@ -113,7 +113,9 @@ def _streams_alarms(detectors: DriftDetectors, outputs: Outputs, rows: np.ndarra
 def false_alarms(
     reference: Reference, thresholds: dict[str, float], settings: Settings, pool: Outputs, requests: int, seed: int
 ) -> dict[str, Any]:
-    detectors = DriftDetectors.build(reference, settings.drift_smoothing, thresholds, settings.drift_alarm_hold_requests)
+    detectors = DriftDetectors.build(
+        reference, settings.drift_smoothing, thresholds, settings.drift_alarm_hold_requests
+    )
     rows = np.random.default_rng(seed).integers(len(pool.chosen), size=requests)
     _streams_alarms(detectors, pool, rows)
     result = {}
@@ -240,7 +242,7 @@ def main() -> None:
 
     val = classify(classifier, validation)
     sms = classify(classifier, held_out)
-    banking = read_labelled_file(DATASETS / "banking77" / "banking77_test.csv").data
+    banking = read_labelled_file(DATASETS / "banking77" / "banking77_test.csv")[0]
     bank = classify(classifier, banking)
     results: dict[str, Any] = {
         "command": "python bench/drift_detection.py" + (" --quick" if ns.quick else ""),

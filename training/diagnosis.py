@@ -118,9 +118,14 @@ def _overfit(curve: list[CurvePoint], sel: CurvePoint, s: Settings) -> Finding |
         "overfit",
         True,
         f"at the exported checkpoint (epoch {sel.epoch:g}) training macro-F1 is {sel.train_macro_f1:.3f} but "
-        f"validation only {sel.val_macro_f1:.3f} (gap {gap:.3f}); validation loss was {at_min.val_loss:.3f} at "
-        f"epoch {at_min.epoch:g} and is {sel.val_loss:.3f} now (gave back {giveback:.0%} of its improvement) "
-        f"while training loss fell from {at_min.train_eval_loss:.3f} to {sel.train_eval_loss:.3f}",
+        f"validation only {sel.val_macro_f1:.3f} (gap {gap:.3f}); "
+        + (
+            f"validation loss was {at_min.val_loss:.3f} at epoch {at_min.epoch:g} and is {sel.val_loss:.3f} now "
+            f"(gave back {giveback:.0%} of its improvement) while training loss fell from "
+            f"{at_min.train_eval_loss:.3f} to {sel.train_eval_loss:.3f}"
+            if at_min.step < sel.step
+            else "the training data is memorised: validation does not confirm what training scores"
+        ),
         {
             "epoch": sel.epoch,
             "f1_gap": gap,

@@ -148,7 +148,8 @@ def test_two_workers_serve_and_metrics_add_up_across_them(
     texts = [reference[i % len(reference)] for i in range(120)]
     _send(monitored, texts)
     prometheus.wait_for(
-        "all 120 predictions counted", lambda: prometheus.value(f'sum(fitgate_predictions_total{{model="{MODEL}"}})') == 120
+        "all 120 predictions counted",
+        lambda: prometheus.value(f'sum(fitgate_predictions_total{{model="{MODEL}"}})') == 120,
     )
     assert prometheus.value(f'sum(fitgate_prediction_confidence_count{{model="{MODEL}"}})') == 120
     current = prometheus.query("fitgate_model_current_info == 1")
@@ -176,7 +177,10 @@ def test_in_distribution_traffic_keeps_the_drift_alert_quiet_and_a_shift_fires_i
     assert prometheus.value(f'max(fitgate_drift_detected{{model="{MODEL}"}})') == 0
 
     # another product's traffic: long texts full of words and characters the model never saw
-    shifted = [f"Überweisung {i} fehlgeschlagen ✓ 请检查账户余额 и повторите попытку позже, Kontonummer {i * 7919}" for i in range(300)]
+    shifted = [
+        f"Überweisung {i} fehlgeschlagen ✓ 请检查账户余额 и повторите попытку позже, Kontonummer {i * 7919}"
+        for i in range(300)
+    ]
     _send(monitored, shifted)
     firing = prometheus.wait_for(
         "FitgateDriftDetected firing",
