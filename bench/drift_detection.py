@@ -305,7 +305,8 @@ def write(out: Path, results: dict[str, Any]) -> None:
     lines = [f"`{results['command']}` ({results['date']}, {results['machine']}; {results['model']})", ""]
     lines += [
         f"Detectors: EWMA weight {results['smoothing']}, calibrated for {results['design_run_length']:,} requests "
-        f"between false alarms (target >= {ARL_TARGET:,}); reference: {results['reference_examples']} validation examples.",
+        f"between false alarms (target >= {ARL_TARGET:,}); "
+        f"reference: {results['reference_examples']} validation examples.",
         "",
         "| detector | false alarms: stream from reference | mean run length | 95% lower bound | met | "
         "stream from held-out SMS | mean run length | 95% lower bound | met |",
