@@ -1,0 +1,151 @@
+"""deploy/k8s: every overlay renders with kustomize and validates against the Kubernetes schemas, offline;
+the objects say what docs/DEPLOY.md promises (roles, probes, volumes, GPU, security)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+OVERLAYS = ("cpu", "gpu")
+KUBERNETES_VERSION = "1.37.0"
+CRDS = {"ServiceMonitor", "PrometheusRule"}
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        if os.environ.get("CI"):
+            pytest.fail("kubectl is missing: CI's image has it (kubectl kustomize renders the overlays)")
+        pytest.skip("kubectl is not installed")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(REPO / "deploy" / "k8s" / "overlays" / overlay)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def one(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return found
+
+
+def env_of(deployment: dict[str, Any]) -> dict[str, str]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e["value"] for e in container.get("env", [])}
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, render(request.param)
+
+
+def test_every_builtin_object_validates_strictly(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, objects = rendered
+    for obj in objects:
+        if obj["kind"] not in CRDS:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)  # raises on any schema error
+    assert {o["kind"] for o in objects} >= {
+        "Namespace", "ConfigMap", "Secret", "PersistentVolumeClaim", "Deployment", "Service",
+        "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor", "PrometheusRule",
+    }  # fmt: skip
+    assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {"fitgate"}
+
+
+def test_monitoring_crds_have_their_required_fields_and_the_repo_rules(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, objects = rendered
+    monitor = one(objects, "ServiceMonitor", "fitgate")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "fitgate"}
+    assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [("http", "/metrics")]
+    services = [o for o in objects if o["kind"] == "Service"]
+    assert all(o["metadata"]["labels"]["app.kubernetes.io/name"] == "fitgate" for o in services)
+    assert all("http" in {p["name"] for p in o["spec"]["ports"]} for o in services)
+    rule = one(objects, "PrometheusRule", "fitgate")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    for group in rule["spec"]["groups"]:
+        assert group["name"] and all(r["alert"] and r["expr"] for r in group["rules"])
+    assert (
+        rule["spec"]["groups"] == yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())["groups"]
+    )
+
+
+def test_inference_scales_out_with_probes_and_never_trains(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, objects = rendered
+    inference = one(objects, "Deployment", "fitgate-inference")
+    assert inference["spec"]["replicas"] >= 2
+    assert env_of(inference)["FITGATE_TRAINING_ENABLED"] == "false"
+    (container,) = inference["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 120
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"]) <= set(container["resources"]["limits"])
+    hpa = one(objects, "HorizontalPodAutoscaler", "fitgate-inference")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "fitgate-inference" and hpa["spec"]["minReplicas"] >= 2
+    pdb = one(objects, "PodDisruptionBudget", "fitgate-inference")
+    assert pdb["spec"]["selector"]["matchLabels"] == inference["spec"]["selector"]["matchLabels"]
+    service = one(objects, "Service", "fitgate")
+    assert (
+        service["spec"]["selector"] == inference["spec"]["template"]["metadata"]["labels"] | service["spec"]["selector"]
+    )
+
+
+def test_one_trainer_and_the_gpu_overlay_gives_it_a_gpu(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    overlay, objects = rendered
+    trainer = one(objects, "Deployment", "fitgate-trainer")
+    assert trainer["spec"]["replicas"] == 1 and trainer["spec"]["strategy"]["type"] == "Recreate"
+    assert env_of(trainer)["FITGATE_TRAINING_ENABLED"] == "true"
+    pod = trainer["spec"]["template"]["spec"]
+    limits = pod["containers"][0]["resources"]["limits"]
+    if overlay == "gpu":
+        assert limits["nvidia.com/gpu"] == 1
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+        assert pod["containers"][0]["image"].endswith("-gpu")
+    else:
+        assert "nvidia.com/gpu" not in limits and pod["containers"][0]["image"].endswith("-cpu")
+
+
+def test_both_roles_share_one_read_write_many_volume(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, objects = rendered
+    pvc = one(objects, "PersistentVolumeClaim", "fitgate-data")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    for name in ("fitgate-inference", "fitgate-trainer"):
+        pod = one(objects, "Deployment", name)["spec"]["template"]["spec"]
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+        }
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        assert claims == {"data": "fitgate-data"} and mounts["data"] == "/data"
+
+
+def test_pods_run_locked_down(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, objects = rendered
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for container in pod["containers"]:
+            sc = container["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"]["drop"] == ["ALL"]
+            assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}  # the writable scratch space
+    policy = one(objects, "NetworkPolicy", "fitgate")
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+
+
+def test_the_token_secret_ships_placeholders_only(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, objects = rendered
+    secret = one(objects, "Secret", "fitgate-tokens")
+    import json
+
+    entries = json.loads(secret["stringData"]["tokens.json"])
+    assert entries and all(e["sha256"].startswith("REPLACE-WITH-") for e in entries)
