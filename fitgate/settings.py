@@ -7,6 +7,7 @@ model is trained, never whether a bad one is exported.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,6 +18,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("fitgate-data")
     """Where fitgate keeps its state: runs and the registry database."""
+    sqlite_journal_mode: Literal["wal", "delete"] = "wal"
+    """SQLite journal: wal on one host; delete when pods on several nodes share the data volume."""
     model_store: Path | None = None
     """BentoML home holding the model store (default: data_dir/bentoml); shared by every replica."""
 

@@ -53,4 +53,4 @@ def release(run_dir: Path, name: ModelName, settings: Settings, registry: Regist
 
 
 def open_registry(settings: Settings) -> Registry:
-    return Registry(settings.bentoml_home(), settings.data_dir / "registry.db")
+    return Registry(settings.bentoml_home(), settings.data_dir / "registry.db", settings.sqlite_journal_mode)

@@ -57,9 +57,10 @@ class VersionInfo:
 
 
 class Registry:
-    def __init__(self, store_dir: Path, database: Path) -> None:
+    def __init__(self, store_dir: Path, database: Path, journal_mode: str = "wal") -> None:
         self.store_dir = Path(store_dir)
         self.database = Path(database)
+        self.journal_mode = journal_mode
         (self.store_dir / "models").mkdir(parents=True, exist_ok=True)
         self.database.parent.mkdir(parents=True, exist_ok=True)
         self._store = ModelStore(self.store_dir / "models")
@@ -67,7 +68,7 @@ class Registry:
             db.executescript(SCHEMA)
 
     def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
-        return connect(self.database)
+        return connect(self.database, self.journal_mode)
 
     # --- writing ---------------------------------------------------------------------------
 

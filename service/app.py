@@ -78,7 +78,7 @@ class Fitgate:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.auth = Authenticator(self.settings)
         self.registry = open_registry(self.settings)
-        self.jobs = JobStore(self.settings.data_dir / "jobs.db")
+        self.jobs = JobStore(self.settings.data_dir / "jobs.db", self.settings.sqlite_journal_mode)
         self.pool = ModelPool(self.registry, self.settings)
         self.runner: JobRunner | None = None
 

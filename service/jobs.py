@@ -92,14 +92,15 @@ class Job:
 
 
 class JobStore:
-    def __init__(self, database: Path) -> None:
+    def __init__(self, database: Path, journal_mode: str = "wal") -> None:
         self.database = database
+        self.journal_mode = journal_mode
         database.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.executescript(SCHEMA)
 
     def _db(self) -> AbstractContextManager[sqlite3.Connection]:
-        return connect(self.database)
+        return connect(self.database, self.journal_mode)
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:

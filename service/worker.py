@@ -47,7 +47,7 @@ class _Reporter:
 
 
 def run_job(job_id: str, settings: Settings) -> None:
-    store = JobStore(settings.data_dir / "jobs.db")
+    store = JobStore(settings.data_dir / "jobs.db", settings.sqlite_journal_mode)
     job = store.get(job_id)
     run_dir = settings.data_dir / "runs" / job_id
     reporter = _Reporter(store, job_id)
