@@ -188,12 +188,15 @@ def tilted_weights(confidence: np.ndarray, drop: float) -> np.ndarray:
     """Exponential tilting towards low confidence so the mean falls by ``drop``."""
     target = confidence.mean() - drop
 
+    def weights(theta: float) -> np.ndarray:
+        return np.exp(-theta * (confidence - confidence.min()))  # <= 1: no overflow
+
     def gap(theta: float) -> float:
-        w = np.exp(-theta * (confidence - confidence.max()))
+        w = weights(theta)
         return float((w * confidence).sum() / w.sum() - target)
 
     theta = brentq(gap, 0.0, 1e4)
-    w = np.exp(-theta * (confidence - confidence.max()))
+    w = weights(theta)
     return w / w.sum()
 
 

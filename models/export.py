@@ -188,7 +188,7 @@ def reference_statistics(
         quantile_levels=QUANTILE_LEVELS,
         truncated_share=float(np.mean(truncated)),
         low_confidence_threshold=float(np.quantile(confidence, 0.05)),
-        confidence_sample=np.round(confidence[sample], 6).tolist(),
+        confidence_sample=confidence[sample].tolist(),  # full precision: near 1, rounding would invent ties
         input_length_sample=[int(lengths[i]) for i in sample],
         unknown_token_rate_sample=[round(float(unknown_rate[i]), 6) for i in sample],
         probability_sample=np.round(probs[probability_rows], 6).tolist(),

@@ -42,6 +42,9 @@ from scipy.signal import lfilter
 
 DETECTORS = ("class_mix", "probabilities", "confidence", "input_length", "unknown_token_rate")
 SCALAR_DETECTORS = ("confidence", "input_length", "unknown_token_rate")
+# Confidence is compared at this resolution: smaller differences are numerics, not drift (int8 dynamic
+# quantization scales activations per batch, so a text's confidence moves slightly with its batch-mates).
+RESOLUTION = {"confidence": 1e-3}
 SIMULATED_REQUESTS = 4000  # per simulated stream: many EWMA memories long, so alarm times are ~geometric
 SIMULATED_CELLS = 200_000  # streams x classes per simulated step: bounds calibration time for large label sets
 MIN_STREAMS = 200
@@ -83,6 +86,12 @@ class Detector:
         return True
 
 
+def coarsen(name: str, values: np.ndarray) -> np.ndarray:
+    """Values as the detector compares them (see RESOLUTION)."""
+    step = RESOLUTION.get(name)
+    return np.round(values / step) * step if step else values
+
+
 class ScalarDrift(Detector):
     """EWMA of a value's reference percentile; alarm when it leaves 1/2 by ``threshold`` sds."""
 
@@ -98,7 +107,8 @@ class ScalarDrift(Detector):
         if not reference:
             raise ValueError(f"{name}: the reference sample is empty")
         self.name = name
-        self.reference = sorted(float(v) for v in reference)
+        self.step = RESOLUTION.get(name)
+        self.reference = sorted(coarsen(name, np.asarray(reference, dtype=float)).tolist())
         self.scale = math.sqrt(smoothing / (2 - smoothing) / 12)  # sd of the EWMA of Uniform(0, 1)
         self._random = random.Random(seed)
         super().__init__(smoothing, threshold, hold)
@@ -109,6 +119,8 @@ class ScalarDrift(Detector):
 
     def percentile(self, value: float) -> float:
         """Randomized PIT: exactly Uniform(0, 1) when ``value`` is drawn from the reference."""
+        if self.step:
+            value = round(value / self.step) * self.step
         n = len(self.reference)
         below = bisect.bisect_left(self.reference, value)
         at_or_below = bisect.bisect_right(self.reference, value, lo=below)
@@ -250,7 +262,7 @@ def calibrate(reference: Reference, smoothing: float, design_run_length: int, se
     streams = _streams(classes)
 
     for name in SCALAR_DETECTORS:
-        maxima = _scalar_maxima(reference.scalars[name], smoothing, rng, streams)
+        maxima = _scalar_maxima(coarsen(name, reference.scalars[name]), smoothing, rng, streams)
         thresholds[name] = _threshold(maxima, SIMULATED_REQUESTS, design_run_length)
 
     shares = np.maximum(reference.class_shares, 1e-4)

@@ -195,6 +195,16 @@ def _split_scores(
 # --- the run ---------------------------------------------------------------------------------
 
 
+def is_better(point: CurvePoint, best: CurvePoint, threshold: float) -> bool:
+    """Higher validation macro-F1 wins; at equal F1 (a small validation set saturates), lower validation loss.
+
+    Without the tie-break an easy task keeps its first perfect epoch, where the loss has barely moved.
+    """
+    if point.val_macro_f1 > best.val_macro_f1 + threshold:
+        return True
+    return point.val_macro_f1 >= best.val_macro_f1 and point.val_loss < best.val_loss
+
+
 def fine_tune(
     data_path: Path,
     output_dir: Path,
@@ -334,7 +344,7 @@ def fine_tune(
                 throughput = samples / (time.perf_counter() - window_start)
                 point = evaluate(step, loss_sum / loss_count, throughput)
                 curves.append(point)
-                if point.val_macro_f1 > best.val_macro_f1 + args.early_stopping_threshold or best.step == 0:
+                if best.step == 0 or is_better(point, best, args.early_stopping_threshold):
                     best, evals_without_gain = point, 0
                     best_state = copy.deepcopy(model.state_dict())
                 else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -145,7 +146,7 @@ def test_two_workers_serve_and_metrics_add_up_across_them(
     # the model is loaded at startup, before any request
     prometheus.wait_for("the model loaded in every worker", lambda: prometheus.value("min(fitgate_models_loaded)") == 1)
     reference = _validation_texts(healthy_run)  # in-distribution: the next test expects no drift alarm yet
-    texts = [reference[i % len(reference)] for i in range(120)]
+    texts = random.Random(0).choices(reference, k=120)
     _send(monitored, texts)
     prometheus.wait_for(
         "all 120 predictions counted",
@@ -166,7 +167,7 @@ def test_in_distribution_traffic_keeps_the_drift_alert_quiet_and_a_shift_fires_i
 ) -> None:
     before = prometheus.value(f'sum(fitgate_predictions_total{{model="{MODEL}"}})') or 0
     reference = _validation_texts(healthy_run)
-    in_distribution = [reference[i % len(reference)] for i in range(300)]
+    in_distribution = random.Random(1).choices(reference, k=300)  # independent draws, like real traffic
     _send(monitored, in_distribution)
     prometheus.wait_for(
         "the in-distribution traffic scraped",

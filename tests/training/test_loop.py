@@ -13,8 +13,8 @@ import torch
 from fitgate.errors import TrainingCancelled
 from tests.conftest import keyword_rows, write_csv
 from training.arguments import TrainingArguments
-from training.curves import load_curves
-from training.loop import fine_tune, load_splits, score
+from training.curves import CurvePoint, load_curves
+from training.loop import fine_tune, is_better, load_splits, score
 from training.modeling import load_classifier, load_tokenizer
 from training.progress import Progress
 
@@ -144,3 +144,15 @@ def test_class_weights_are_on_for_imbalanced_data(tiny_model_dir: Path, tmp_path
     assert result.class_weights is not None
     ham, spam = result.class_weights  # labels are sorted: ham, spam
     assert spam > ham
+
+
+def _point(step: int, val_f1: float, val_loss: float) -> CurvePoint:
+    return CurvePoint(step, step / 10, 0.5, 0.5, 0.9, val_loss, val_f1, val_f1, 1e-4, None, None)
+
+
+def test_the_best_checkpoint_is_the_highest_f1_then_the_lowest_loss() -> None:
+    first_perfect = _point(10, 1.0, 0.68)
+    assert is_better(_point(20, 1.0, 0.30), first_perfect, threshold=0.0)  # same F1, the model kept learning
+    assert not is_better(_point(20, 1.0, 0.70), first_perfect, threshold=0.0)
+    assert not is_better(_point(20, 0.99, 0.10), first_perfect, threshold=0.0)  # F1 decides first
+    assert is_better(_point(20, 0.9, 0.9), _point(10, 0.8, 0.1), threshold=0.0)
