@@ -14,6 +14,7 @@ model's own class labels, the detector names, job statuses and gate verdicts.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections.abc import Iterable
@@ -162,6 +163,13 @@ class ModelMonitor:
         MODEL_LOADED.labels(*labels).set(1)
         self.retired = False
 
+    def confidence_percentile(self, confidence: float) -> float:
+        """Share of validation confidences below this one (ties count half)."""
+        reference = self.reference_confidence
+        below = bisect.bisect_left(reference, confidence)
+        at_or_below = bisect.bisect_right(reference, confidence, lo=below)
+        return (below + at_or_below) / (2 * len(reference))
+
     def observe(self, batch: Classified) -> None:
         """Record one batch of predictions: O(1) per text per detector, plus O(K) for the probability vector."""
         confidence = batch.confidence
@@ -172,7 +180,7 @@ class ModelMonitor:
             unknown = batch.unknown_rate[i]
             self._predictions[predicted].inc()
             self._confidence.observe(c)
-            self._percentile.observe(detectors.confidence.percentile(c))
+            self._percentile.observe(self.confidence_percentile(c))
             if c < self.low_confidence_threshold:
                 self._low_confidence.inc()
             self._length.observe(tokens)

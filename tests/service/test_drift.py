@@ -117,3 +117,14 @@ def test_detected_clears_after_the_hold_period_once_drift_ends(
     for value in rng.choice(reference.scalars["confidence"], 250):
         detector.update(float(value))
     assert not detector.detected
+
+
+def test_a_half_standard_deviation_drop_in_mean_confidence_is_found_within_a_few_hundred_requests(
+    reference: Reference, thresholds: dict[str, float]
+) -> None:
+    confidence = reference.scalars["confidence"]
+    detector = ScalarDrift("confidence", confidence.tolist(), SMOOTHING, thresholds["confidence"], hold=10)
+    rng = np.random.default_rng(5)
+    lowered = rng.choice(confidence, 3000) - 0.5 * confidence.std()
+    first = next((i for i, value in enumerate(lowered) if detector.update(float(value))), None)
+    assert first is not None and first < 400
