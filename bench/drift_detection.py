@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -36,20 +35,13 @@ from scipy.stats import chi2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import DATASETS, ROOT, sms_model
 from fitgate.settings import Settings
-from models.gate import open_registry, release
-from models.names import ModelName
 from models.runtime import OnnxClassifier
 from service.drift import DETECTORS, DriftDetectors, Reference, calibrate
 from service.monitoring import ModelMonitor, reference_arrays
-from training.arguments import TrainingArguments
-from training.data import LabelledData, read_labelled_file, write_labelled_csv
-from training.loop import fine_tune
+from training.data import LabelledData, read_labelled_file
 
-ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ROOT.parent / "shared" / "datasets"
-CACHE = ROOT / "bench" / ".cache" / "drift"
-NAME = ModelName.parse("bench/sms-drift")
 TARGETS = {"binary_mix": 250, "other_dataset": 200, "confidence_drop": 150, "confidence_drop_tail": 150}
 ARL_TARGET = 10_000
 
@@ -77,30 +69,6 @@ def classify(classifier: OnnxClassifier, data: LabelledData) -> Outputs:
     return Outputs(
         c.chosen, c.probabilities, c.confidence, np.array(c.input_tokens), np.array(c.unknown_rate), data.labels
     )
-
-
-def prepare_model(rows: int, epochs: int) -> tuple[OnnxClassifier, LabelledData, LabelledData, Path]:
-    """Train (or reuse) the SMS model; return it, its training rows, its validation rows, the run dir."""
-    full = read_labelled_file(DATASETS / "sms_spam" / "sms_spam.csv")[0]
-    key = CACHE / f"rows{rows}-epochs{epochs}"
-    run_dir = key / "run"
-    settings = Settings(data_dir=key / "data")
-    registry = open_registry(settings)
-    rng = random.Random(0)
-    order = list(range(len(full.texts)))
-    rng.shuffle(order)
-    train = LabelledData([full.texts[i] for i in order[:rows]], [full.labels[i] for i in order[:rows]])
-    held_out = LabelledData([full.texts[i] for i in order[rows:]], [full.labels[i] for i in order[rows:]])
-    if registry.current(NAME) is None:
-        key.mkdir(parents=True, exist_ok=True)
-        csv = write_labelled_csv(train, key / "train.csv")
-        print(f"fine-tuning MiniLM on {rows} sms_spam rows for {epochs} epochs ...", flush=True)
-        fine_tune(csv, run_dir, TrainingArguments(num_train_epochs=epochs))
-        release(run_dir, NAME, settings, registry, promote=True)
-    classifier = OnnxClassifier(registry.bundle_path(NAME))
-    classifier.load()
-    validation = read_labelled_file(run_dir / "validation.csv")[0]
-    return classifier, validation, held_out, run_dir
 
 
 def _streams_alarms(detectors: DriftDetectors, outputs: Outputs, rows: np.ndarray) -> None:
@@ -221,7 +189,7 @@ def tempered(outputs: Outputs, drop: float) -> Outputs:
 
 def overhead(classifier: OnnxClassifier, run_dir: Path, settings: Settings, texts: list[str]) -> dict[str, float]:
     assert classifier.spec is not None
-    monitor = ModelMonitor(str(NAME), "bench", classifier.spec, classifier.served_graph, settings)
+    monitor = ModelMonitor("bench/sms", "bench", classifier.spec, classifier.served_graph, settings)
     batches = [classifier.classify([t]) for t in texts[:200]]
     started = time.perf_counter()
     for t in texts[:200]:
@@ -251,7 +219,8 @@ def main() -> None:
     settings = Settings()
     started = time.time()
 
-    classifier, validation, held_out, run_dir = prepare_model(ns.train_rows, ns.epochs)
+    model = sms_model(ns.train_rows, ns.epochs)
+    classifier, validation, held_out, run_dir = model.classifier(), model.validation, model.held_out, model.run_dir
     assert classifier.spec is not None
     statistics = (
         classifier.spec.reference_int8

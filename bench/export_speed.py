@@ -1,0 +1,155 @@
+"""Export speed: ONNX Runtime fp32 and int8 vs PyTorch eager on CPU, and what each scores on held-out data.
+
+The same fine-tuned MiniLM (bench/common.py): its PyTorch checkpoint and the bundle's two graphs.
+Latency is the median of repeated calls on fixed-shape inputs (batch 1 and 32, sequence 32 and 128,
+padded); macro-F1 is on the sms_spam messages the model never saw, each path using its own logits.
+
+    python bench/export_speed.py --quick
+    python bench/export_speed.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from transformers import AutoModelForSequenceClassification
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import ROOT, sms_model
+from models.runtime import load_tokenizer, run_logits, session_options
+from training.evaluation import macro_f1
+
+SHAPES = [(1, 32), (1, 128), (32, 32), (32, 128)]
+
+
+def median_seconds(call: Any, repeats: int) -> float:
+    call()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and 1,000 evaluation texts")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "export_speed.json")
+    ns = parser.parse_args()
+    repeats = 10 if ns.quick else 40
+    model = sms_model()
+    spec = json.loads((model.bundle_dir / "bundle.json").read_text())
+    labels = spec["labels"]
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    eager = AutoModelForSequenceClassification.from_pretrained(model.run_dir / "model").eval()
+    sessions = {
+        "onnx_fp32": ort.InferenceSession(str(model.bundle_dir / spec["onnx_fp32"]), session_options(),
+                                          providers=["CPUExecutionProvider"]),
+    }  # fmt: skip
+    if spec["onnx_int8"]:
+        sessions["onnx_int8"] = ort.InferenceSession(
+            str(model.bundle_dir / spec["onnx_int8"]), session_options(), providers=["CPUExecutionProvider"]
+        )
+
+    rows = []
+    for batch, length in SHAPES:
+        ids = np.random.default_rng(0).integers(1000, 20000, size=(batch, length), dtype=np.int64)
+        mask = np.ones_like(ids)
+        feed = {"input_ids": ids, "attention_mask": mask}
+        tids, tmask = torch.from_numpy(ids), torch.from_numpy(mask)
+
+        def run_eager(tids: torch.Tensor = tids, tmask: torch.Tensor = tmask) -> None:
+            with torch.inference_mode():
+                eager(input_ids=tids, attention_mask=tmask)
+
+        eager_s = median_seconds(run_eager, repeats)
+        row: dict[str, Any] = {"batch": batch, "sequence": length, "pytorch_eager_ms": eager_s * 1e3}
+        for name, session in sessions.items():
+            seconds = median_seconds(lambda session=session, feed=feed: session.run(["logits"], feed), repeats)
+            row[f"{name}_ms"] = seconds * 1e3
+            row[f"{name}_speedup"] = eager_s / seconds
+        rows.append(row)
+        print(row, flush=True)
+
+    texts = model.held_out.texts[:1000] if ns.quick else model.held_out.texts
+    truth = np.array([labels.index(t) for t in model.held_out.labels[: len(texts)]])
+    tokenizer = load_tokenizer(model.bundle_dir / "tokenizer", spec["max_length"])
+    ids = [e.ids for e in tokenizer.encode_batch(texts)]
+    bias = np.array(spec["class_bias"])
+    quality: dict[str, float] = {}
+    for name, session in sessions.items():
+        logits = run_logits(session, ids)
+        quality[name] = macro_f1(truth, np.argmax(logits / spec["temperature"] + bias, axis=1), len(labels))
+    eager_logits = []
+    with torch.inference_mode():
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = np.zeros((len(ids), len(labels)), dtype=np.float32)
+        for start in range(0, len(order), 64):
+            chunk = order[start : start + 64]
+            width = max(len(ids[i]) for i in chunk)
+            x = np.zeros((len(chunk), width), dtype=np.int64)
+            m = np.zeros_like(x)
+            for r, i in enumerate(chunk):
+                x[r, : len(ids[i])] = ids[i]
+                m[r, : len(ids[i])] = 1
+            out[chunk] = eager(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).logits.numpy()
+        eager_logits.append(out)
+    quality["pytorch_eager"] = macro_f1(
+        truth, np.argmax(eager_logits[0] / spec["temperature"] + bias, axis=1), len(labels)
+    )
+    results = {
+        "command": "python bench/export_speed.py" + (" --quick" if ns.quick else ""),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+        "repeats": repeats,
+        "evaluation_texts": len(texts),
+        "latency": rows,
+        "macro_f1": quality,
+    }
+    write(ns.out, results)
+    print(ns.out.with_suffix(".md").read_text())
+
+
+def write(out: Path, results: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    int8 = "onnx_int8" in results["macro_f1"]
+    lines = [f"`{results['command']}` ({results['date']}, {results['machine']}; median of {results['repeats']} calls)",
+             "", "| batch | sequence | PyTorch eager ms | ONNX fp32 ms | fp32 speed-up |"
+             + (" ONNX int8 ms | int8 speed-up |" if int8 else ""),
+             "|---|---|---|---|---|" + ("---|---|" if int8 else "")]  # fmt: skip
+    for r in results["latency"]:
+        line = (f"| {r['batch']} | {r['sequence']} | {r['pytorch_eager_ms']:.2f} | {r['onnx_fp32_ms']:.2f} | "
+                f"{r['onnx_fp32_speedup']:.2f}x |")  # fmt: skip
+        if int8:
+            line += f" {r['onnx_int8_ms']:.2f} | {r['onnx_int8_speedup']:.2f}x |"
+        lines.append(line)
+    q = results["macro_f1"]
+    lines += ["", f"Macro-F1 on {results['evaluation_texts']:,} held-out sms_spam messages: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in q.items()) + "."]  # fmt: skip
+    b1 = next(r for r in results["latency"] if (r["batch"], r["sequence"]) == (1, 128))
+    verdicts = [f"fp32 at batch 1 / sequence 128: {b1['onnx_fp32_speedup']:.2f}x eager (target >= 2x: "
+                f"{'met' if b1['onnx_fp32_speedup'] >= 2 else 'NOT met'})"]  # fmt: skip
+    if int8:
+        loss = (q["pytorch_eager"] - q["onnx_int8"]) * 100
+        ok = b1["onnx_int8_speedup"] >= 3 and loss <= 1
+        verdicts.append(f"int8 {b1['onnx_int8_speedup']:.2f}x with {loss:.2f} points of macro-F1 lost "
+                        f"(target >= 3x and <= 1 point: {'met' if ok else 'NOT met'})")  # fmt: skip
+    lines += ["", "; ".join(verdicts) + "."]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

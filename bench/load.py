@@ -1,0 +1,76 @@
+"""A closed-loop HTTP load generator, run as its own process: N concurrent clients POST /predict for S seconds.
+
+    python bench/load.py http://127.0.0.1:3000/predict --concurrency 32 --seconds 15 --batch 1 --texts texts.json
+
+Prints one JSON object: requests, texts, errors, seconds, requests/s, texts/s, p50 and p99 latency (ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+
+async def run(url: str, texts: list[str], concurrency: int, seconds: float, batch: int, warmup: float) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter() + warmup
+    stop = start + seconds
+
+    async def client(http: httpx.AsyncClient, seed: int) -> None:
+        nonlocal errors
+        rng = random.Random(seed)
+        while (now := time.perf_counter()) < stop:
+            body = {"texts": rng.sample(texts, batch)}
+            sent = time.perf_counter()
+            try:
+                r = await http.post(url, json=body)
+                ok = r.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            done = time.perf_counter()
+            if now >= start:  # warm-up requests are not counted
+                if ok:
+                    latencies.append(done - sent)
+                else:
+                    errors += 1
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        await asyncio.gather(*(client(http, i) for i in range(concurrency)))
+    lat = np.array(latencies) * 1000
+    return {
+        "concurrency": concurrency,
+        "batch": batch,
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": seconds,
+        "requests_per_second": len(latencies) / seconds,
+        "texts_per_second": len(latencies) * batch / seconds,
+        "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+        "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("url")
+    parser.add_argument("--texts", type=Path, required=True, help="JSON list of texts to sample requests from")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--warmup", type=float, default=3)
+    parser.add_argument("--batch", type=int, default=1)
+    ns = parser.parse_args()
+    texts = json.loads(ns.texts.read_text())
+    print(json.dumps(asyncio.run(run(ns.url, texts, ns.concurrency, ns.seconds, ns.batch, ns.warmup))))
+
+
+if __name__ == "__main__":
+    main()
