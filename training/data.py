@@ -103,8 +103,21 @@ def decode_utf8(raw: bytes) -> str:
         ) from exc
 
 
+# the first bytes of files people upload by mistake, and what to tell them
+MAGIC = {
+    b"PK\x03\x04": "a ZIP archive (or an Excel .xlsx workbook): unzip it, or save the sheet as CSV UTF-8",
+    b"\x1f\x8b": "gzip-compressed: decompress it and upload the CSV inside",
+    b"%PDF": "a PDF document, not a table: export the data as CSV UTF-8",
+    b"\x89PNG": "a PNG image, not a table",
+    b"\xd0\xcf\x11\xe0": "an old Excel .xls workbook: save the sheet as CSV UTF-8 and upload that",
+}
+
+
 def parse_table(raw: bytes, suffix: str) -> tuple[list[dict[str, str]], list[str]]:
     """Turn file bytes into rows (dicts keyed by column name) and the column names."""
+    for magic, what in MAGIC.items():
+        if raw.startswith(magic):
+            raise DataFormatError(f"the file is {what}")
     if b"\x00" in raw[:8192] and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DataFormatError("the file contains NUL bytes: it looks binary, not a CSV/TSV/JSONL text file")
     text = decode_utf8(raw)
@@ -150,6 +163,11 @@ def _parse_delimited(text: str, delimiter: str | None) -> tuple[list[dict[str, s
         header = next(reader)
         body = list(reader)
     except csv.Error as exc:
+        if "field larger than field limit" in str(exc):
+            raise DataFormatError(
+                f"a cell near line {reader.line_num} holds more than {csv.field_size_limit():,} characters, far "
+                "more than a text may have; shorten it (or close the quote that runs on)"
+            ) from exc
         raise DataFormatError(
             f"the file is not valid CSV near line {reader.line_num} ({exc}); check for unbalanced quotes"
         ) from exc
