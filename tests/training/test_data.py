@@ -126,6 +126,11 @@ def test_utf16_is_refused_with_the_fix(tmp_path: Path) -> None:
 
 def test_binary_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match="NUL bytes"):
+        _read(tmp_path, b"\x01\x02\x00\x00binary")
+
+
+def test_an_excel_workbook_or_zip_is_named_as_such(tmp_path: Path) -> None:
+    with pytest.raises(DataFormatError, match="ZIP archive \\(or an Excel .xlsx workbook\\)"):
         _read(tmp_path, b"PK\x03\x04\x00\x00binary")
 
 
