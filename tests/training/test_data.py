@@ -130,7 +130,7 @@ def test_binary_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_an_excel_workbook_or_zip_is_named_as_such(tmp_path: Path) -> None:
-    with pytest.raises(DataFormatError, match="ZIP archive \\(or an Excel .xlsx workbook\\)"):
+    with pytest.raises(DataFormatError, match=r"ZIP archive \(or an Excel \.xlsx workbook\)"):
         _read(tmp_path, b"PK\x03\x04\x00\x00binary")
 
 
