@@ -2,7 +2,8 @@
 
     python bench/load.py http://127.0.0.1:3000/predict --concurrency 32 --seconds 15 --batch 1 --texts texts.json
 
-Prints one JSON object: requests, texts, errors, seconds, requests/s, texts/s, p50 and p99 latency (ms).
+Prints one JSON object: requests, texts, errors, seconds, requests/s, texts/s, p50 and p99 latency (ms),
+and how many answers each model version gave (fitgate's responses name their version).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import numpy as np
 
 async def run(url: str, texts: list[str], concurrency: int, seconds: float, batch: int, warmup: float) -> dict:
     latencies: list[float] = []
+    versions: dict[str, int] = {}
+    error_kinds: dict[str, int] = {}
     errors = 0
     start = time.perf_counter() + warmup
     stop = start + seconds
@@ -30,17 +33,23 @@ async def run(url: str, texts: list[str], concurrency: int, seconds: float, batc
         while (now := time.perf_counter()) < stop:
             body = {"texts": rng.sample(texts, batch)}
             sent = time.perf_counter()
+            version, kind = None, ""
             try:
                 r = await http.post(url, json=body)
-                ok = r.status_code == 200
-            except httpx.HTTPError:
-                ok = False
+                ok = r.status_code == 200 and len(r.json()["predictions"]) == batch
+                version = r.json().get("version") if ok else None
+                kind = "" if ok else f"{r.status_code}: {r.text[:200]}"
+            except (httpx.HTTPError, ValueError, KeyError) as exc:
+                ok, kind = False, type(exc).__name__
             done = time.perf_counter()
             if now >= start:  # warm-up requests are not counted
                 if ok:
                     latencies.append(done - sent)
+                    if version:
+                        versions[version] = versions.get(version, 0) + 1
                 else:
                     errors += 1
+                    error_kinds[kind] = error_kinds.get(kind, 0) + 1
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
@@ -56,6 +65,8 @@ async def run(url: str, texts: list[str], concurrency: int, seconds: float, batc
         "texts_per_second": len(latencies) * batch / seconds,
         "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
         "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
+        "versions": versions,
+        "error_kinds": error_kinds,
     }
 
 
