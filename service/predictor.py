@@ -14,6 +14,9 @@ sorted by length so each sub-batch is padded only to its own longest text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import gc
 import logging
 from dataclasses import dataclass, field
 
@@ -88,6 +91,17 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_result(answers[start : start + len(item.texts)])
                 start += len(item.texts)
+
+
+def release_freed_memory() -> None:
+    """Collect the retired version, then ask glibc to hand freed pages back to the OS.
+
+    Without this, every promotion left its old ONNX Runtime session's memory in the allocator's
+    free lists: resident memory grew by about the size of a loaded model per promotion.
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _classify_and_observe(model: LoadedModel, texts: list[str]) -> list[Prediction]:
@@ -196,3 +210,7 @@ class ModelPool:
                 model.queue.put_nowait(None)  # the old version answers what it holds, then stops
                 model.monitor.retire()
                 log.info("%s: now serving version %s (was %s)", name, version, model.version)
+                if model.task is not None:
+                    await asyncio.wait({model.task}, timeout=30)  # its last queued requests, answered
+                del model
+                await asyncio.to_thread(release_freed_memory)
