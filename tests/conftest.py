@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -94,3 +96,13 @@ def healthy_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
 @pytest.fixture(scope="session")
 def underfit_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     return _run(tmp_path_factory.mktemp("underfit"), tiny_model_dir, learning_rate=1e-7, num_train_epochs=1)
+
+
+def require_tool(name: str, where: str) -> str:
+    """The path of a command-line tool the test needs: a failure in CI (where it must exist), a skip elsewhere."""
+    found = shutil.which(name)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is missing: {where}")
+        pytest.skip(f"{name} is not installed ({where})")
+    return found

@@ -3,8 +3,6 @@ the objects say what docs/DEPLOY.md promises (roles, probes, volumes, GPU, secur
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.conftest import require_tool
+
 REPO = Path(__file__).resolve().parents[2]
 OVERLAYS = ("cpu", "gpu")
 KUBERNETES_VERSION = "1.37.0"
@@ -20,11 +20,7 @@ CRDS = {"ServiceMonitor", "PrometheusRule"}
 
 
 def render(overlay: str) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        if os.environ.get("CI"):
-            pytest.fail("kubectl is missing: CI's image has it (kubectl kustomize renders the overlays)")
-        pytest.skip("kubectl is not installed")
+    kubectl = require_tool("kubectl", "CI's machine image has it; it renders the overlays with kustomize")
     out = subprocess.run(
         [kubectl, "kustomize", str(REPO / "deploy" / "k8s" / "overlays" / overlay)], capture_output=True, text=True
     )

@@ -4,13 +4,11 @@ that queries only metrics fitgate exports."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from tests.conftest import require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -18,12 +16,7 @@ DASHBOARD = REPO / "deploy" / "grafana" / "fitgate.json"
 
 
 def _promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool is missing: scripts/test installs the Debian package prometheus")
-        pytest.skip("promtool is not installed (scripts/test installs it)")
-    return found
+    return require_tool("promtool", "scripts/test installs the Debian package prometheus")
 
 
 def documented_metrics() -> set[str]:

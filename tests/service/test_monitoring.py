@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
 import random
-import shutil
 import signal
 import subprocess
 import time
@@ -22,6 +20,7 @@ import yaml
 from fitgate.settings import Settings
 from models.gate import open_registry, release
 from models.names import ModelName
+from tests.conftest import require_tool
 from tests.service.conftest import REPO, Server, _free_port, make_server
 
 pytestmark = pytest.mark.slow
@@ -30,12 +29,7 @@ MODEL = "team-a/monitored"
 
 
 def _prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("the prometheus binary is missing: scripts/test installs the Debian package")
-        pytest.skip("prometheus is not installed (scripts/test installs it)")
-    return found
+    return require_tool("prometheus", "scripts/test installs the Debian package")
 
 
 class Prometheus:
