@@ -69,8 +69,7 @@ def main() -> None:
                "--port", str(port)]  # fmt: skip
     samples: list[tuple[float, float]] = []
     promotions: list[dict[str, Any]] = []
-    with server(command, env, "/readyz", port, tmp / "server.log") as url:
-        pid = next(p.pid for p in psutil.process_iter(["cmdline"]) if str(port) in " ".join(p.info["cmdline"] or []))
+    with server(command, env, "/readyz", port, tmp / "server.log") as (url, pid):
         load = subprocess.Popen(
             [sys.executable, str(ROOT / "bench" / "load.py"), url + "/predict", "--texts", str(texts_file),
              "--concurrency", str(ns.concurrency), "--seconds", str(ns.seconds), "--warmup", "10"],

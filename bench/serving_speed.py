@@ -44,7 +44,8 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(command: list[str], env: dict[str, str], ready_path: str, port: int, log: Path) -> Iterator[str]:
+def server(command: list[str], env: dict[str, str], ready_path: str, port: int, log: Path) -> Iterator[tuple[str, int]]:
+    """Start a server process, wait until ``ready_path`` answers, yield its URL and pid, stop its process tree."""
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)  # fmt: skip
@@ -58,7 +59,7 @@ def server(command: list[str], env: dict[str, str], ready_path: str, port: int, 
                 if httpx.get(base + ready_path, timeout=2).status_code in (200, 405):
                     break
             time.sleep(0.5)
-        yield base
+        yield base, process.pid
     finally:
         tree = [*psutil.Process(process.pid).children(recursive=True), psutil.Process(process.pid)]
         for proc in tree:
@@ -131,7 +132,7 @@ def main() -> None:
                        "--port", str(port), "--log-level", "warning"]  # fmt: skip
             ready = "/predict"
         print(f"{name} ...", flush=True)
-        with server(command, {**base_env, **extra}, ready, port, tmp / f"{name}.log") as url:
+        with server(command, {**base_env, **extra}, ready, port, tmp / f"{name}.log") as (url, _):
             results["servers"][name] = measure(url + "/predict", texts_file, seconds)
         write(ns.out, results)
     print("raw ONNX Runtime ...", flush=True)

@@ -130,10 +130,13 @@ def check_parity(
 
 def try_int8(
     fp32_path: Path, int8_path: Path, ids: list[list[int]], fp32_logits: np.ndarray, run: RunDirectory, s: Settings
-) -> dict[str, Any]:
-    """Dynamic int8 quantization, kept only if validation quality holds; the reason is recorded either way."""
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Dynamic int8 quantization, kept only if validation quality holds; the reason is recorded either way.
+
+    Returns the record and, when int8 is kept, its validation logits (the int8 drift reference).
+    """
     if not s.quantize:
-        return {"kept": False, "reason": "quantization is switched off (FITGATE_QUANTIZE=false)"}
+        return {"kept": False, "reason": "quantization is switched off (FITGATE_QUANTIZE=false)"}, None
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint through the root logger
@@ -141,7 +144,7 @@ def try_int8(
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
     except Exception as exc:  # int8 is optional: its failure ships fp32 with the reason
         int8_path.unlink(missing_ok=True)
-        return {"kept": False, "reason": f"int8 quantization failed ({type(exc).__name__}); fp32 ships"}
+        return {"kept": False, "reason": f"int8 quantization failed ({type(exc).__name__}); fp32 ships"}, None
     finally:
         root.setLevel(level)
     session = ort.InferenceSession(str(int8_path), session_options(), providers=["CPUExecutionProvider"])
@@ -167,8 +170,8 @@ def try_int8(
         problems.append(f"agreement with fp32 is {agreement:.2%} (need {s.quantize_min_agreement:.0%})")
     if problems:
         int8_path.unlink()
-        return {**result, "kept": False, "reason": "int8 dropped: " + "; ".join(problems)}
-    return {**result, "kept": True, "reason": "int8 kept: quality within limits"}
+        return {**result, "kept": False, "reason": "int8 dropped: " + "; ".join(problems)}, None
+    return {**result, "kept": True, "reason": "int8 kept: quality within limits"}, int8_logits
 
 
 def reference_statistics(
@@ -241,17 +244,8 @@ def build_bundle(run: RunDirectory, diagnosis: Diagnosis, dest: Path, settings: 
     session = ort.InferenceSession(str(fp32_path), session_options(), providers=["CPUExecutionProvider"])
     parity = check_parity(model, session, encoded.ids, run, settings)
     fp32_logits = run_logits(session, encoded.ids)
-    quantization = try_int8(fp32_path, dest / "model.int8.onnx", encoded.ids, fp32_logits, run, settings)
-
+    quantization, int8_logits = try_int8(fp32_path, dest / "model.int8.onnx", encoded.ids, fp32_logits, run, settings)
     lengths = [len(x) for x in encoded.ids]
-    int8_logits = (
-        run_logits(
-            ort.InferenceSession(str(dest / "model.int8.onnx"), session_options(), providers=["CPUExecutionProvider"]),
-            encoded.ids,
-        )
-        if quantization["kept"]
-        else None
-    )
     (dest / "report").mkdir()
     for name in REPORT_FILES:
         if (run.path / name).exists():

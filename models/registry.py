@@ -144,7 +144,8 @@ class Registry:
         """Every model's current version (models whose pointer was rolled back to nothing are absent)."""
         with self._connect() as db:
             models = [row[0] for row in db.execute("SELECT DISTINCT model FROM versions")]
-        return {m: v for m in models if (v := self.current(ModelName.parse(m)))}
+            stacks = {m: self._stack(ModelName.parse(m), db) for m in models}
+        return {m: stack[-1] for m, stack in stacks.items() if stack}
 
     def latest_promoted(self) -> ModelName | None:
         """The model whose pointer moved last: what /predict answers when no model is named."""

@@ -13,7 +13,8 @@ of one per-request quantity and compares it with the bundle's validation referen
   in standard deviations. Distribution-free and bounded: one rule serves skewed and discrete
   quantities, and a handful of extreme values cannot dominate it. (A test of the raw mean was
   tried and dropped: with a few hundred validation examples the mean of a heavy-tailed
-  confidence distribution is too uncertain, and it alarmed every ~1,300 held-out requests.)
+  confidence distribution is too uncertain: in an uncommitted trial it alarmed every ~1,300
+  held-out requests, docs/BENCHMARKS.md.)
 
 Statistics are normalized so that in-distribution traffic keeps them near 1 (vectors) or
 0 (scalars). Memory is fixed by the number of classes and the reference sample, never by
@@ -53,6 +54,17 @@ SIMULATED_CELLS = 200_000  # streams x classes per simulated step: bounds calibr
 MIN_STREAMS = 200
 MAX_STREAMS = 500
 VARIANCE_FLOOR = 1e-6
+
+
+def uniform_ewma_sd(smoothing: float) -> float:
+    """Standard deviation of an EWMA of Uniform(0, 1) values: the scale of the percentile detectors."""
+    return math.sqrt(smoothing / (2 - smoothing) / 12)
+
+
+def smoothed_shares(shares: np.ndarray) -> np.ndarray:
+    """Class shares with a floor, so a class never predicted on validation keeps the statistic finite."""
+    floored = np.maximum(np.asarray(shares, dtype=float), 1e-4)
+    return floored / floored.sum()
 
 
 class Detector:
@@ -112,7 +124,7 @@ class ScalarDrift(Detector):
         self.name = name
         self.step = RESOLUTION.get(name)
         self.reference = sorted(coarsen(name, np.asarray(reference, dtype=float)).tolist())
-        self.scale = math.sqrt(smoothing / (2 - smoothing) / 12)  # sd of the EWMA of Uniform(0, 1)
+        self.scale = uniform_ewma_sd(smoothing)
         self._random = random.Random(seed)
         super().__init__(smoothing, threshold, hold)
 
@@ -148,9 +160,7 @@ class ClassMixDrift(Detector):
         shares = np.asarray(reference, dtype=float)
         if shares.ndim != 1 or len(shares) < 2:
             raise ValueError("class_mix needs the reference share of at least two classes")
-        # a class never predicted on validation still gets a small share, so the statistic stays finite
-        shares = np.maximum(shares, 1e-4)
-        self.reference = (shares / shares.sum()).tolist()
+        self.reference = smoothed_shares(shares).tolist()
         self.classes = len(self.reference)
         self.normalizer = (self.classes - 1) * smoothing / (2 - smoothing)  # null mean of the raw statistic
         super().__init__(smoothing, threshold, hold)
@@ -244,8 +254,7 @@ def _rank_maxima(sample: np.ndarray, smoothing: float, rng: np.random.Generator,
     at_or_below = np.searchsorted(ordered, values, side="right")
     u = (below + rng.random(values.shape) * (at_or_below - below)) / n
     ewma = lfilter([smoothing], [1, -(1 - smoothing)], u - 0.5, axis=1)
-    scale = math.sqrt(smoothing / (2 - smoothing) / 12)
-    return np.abs(ewma).max(axis=1) / scale
+    return np.abs(ewma).max(axis=1) / uniform_ewma_sd(smoothing)
 
 
 def _vector_maxima(
@@ -274,8 +283,7 @@ def calibrate(reference: Reference, smoothing: float, design_run_length: int, se
         maxima = _rank_maxima(coarsen(name, reference.scalars[name]), smoothing, rng, streams)
         thresholds[name] = _threshold(maxima, SIMULATED_REQUESTS, design_run_length)
 
-    shares = np.maximum(reference.class_shares, 1e-4)
-    shares = shares / shares.sum()
+    shares = smoothed_shares(reference.class_shares)
     worlds = rng.multinomial(reference.examples, shares, size=streams) / reference.examples
     cumulative = np.cumsum(worlds, axis=1)
     cumulative[:, -1] = 1.0
@@ -294,10 +302,7 @@ def calibrate(reference: Reference, smoothing: float, design_run_length: int, se
     thresholds["class_mix"] = _threshold(maxima, SIMULATED_REQUESTS, design_run_length)
 
     sample = reference.probabilities
-    n = len(sample)
-    prob_worlds = rng.integers(n, size=(streams, n))
-    prob_picks = rng.integers(n, size=(streams, SIMULATED_REQUESTS))
-    chosen = np.take_along_axis(prob_worlds, prob_picks, axis=1)
+    chosen = _bootstrap_streams(np.arange(len(sample)), rng, streams)  # row indices
     mean = sample.mean(axis=0)
     weights = 1.0 / np.maximum(sample.var(axis=0), VARIANCE_FLOOR)
 
