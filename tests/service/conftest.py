@@ -45,13 +45,14 @@ class Server:
     url: str
     data_dir: Path
     env: dict[str, str]
+    bind: str = "127.0.0.1"  # "0.0.0.0" to accept callers from other addresses
     process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 120) -> None:
         with (self.data_dir / "server.log").open("ab") as log:  # the child keeps its own copy of the handle
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "bentoml", "serve", "service.app:FitgateService", "--port",
-                 self.url.rsplit(":", 1)[1], "--host", "127.0.0.1"],
+                 self.url.rsplit(":", 1)[1], "--host", self.bind],
                 cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + timeout
@@ -90,7 +91,7 @@ class Server:
         raise AssertionError(f"job {job_id} did not reach {statuses}: {job}")
 
 
-def make_server(tmp: Path, tiny_model_dir: Path, tokens: bool = True, **extra: str) -> Server:
+def make_server(tmp: Path, tiny_model_dir: Path, tokens: bool = True, bind: str = "127.0.0.1", **extra: str) -> Server:
     env = {
         **os.environ,
         "FITGATE_DATA_DIR": str(tmp / "data"),
@@ -106,7 +107,7 @@ def make_server(tmp: Path, tiny_model_dir: Path, tokens: bool = True, **extra: s
              for who, (t, roles) in TOKENS.items()]
         )  # fmt: skip
     (tmp / "data").mkdir(parents=True, exist_ok=True)
-    return Server(f"http://127.0.0.1:{_free_port()}", tmp / "data", env)
+    return Server(f"http://127.0.0.1:{_free_port()}", tmp / "data", env, bind)
 
 
 @pytest.fixture(scope="module")

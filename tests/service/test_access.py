@@ -3,12 +3,16 @@ the owning team, another team, admin. Tokens never appear in a response or in th
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import signal
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from fitgate.settings import Settings
@@ -108,3 +112,46 @@ def test_tokens_never_appear_in_responses_or_the_log(deployment: Deployment) -> 
     for token, _ in TOKENS.values():
         assert all(token not in body for body in bodies)
         assert token not in log
+
+
+def _non_loopback_address() -> str:
+    """An IPv4 address of this machine other than loopback: a caller from it is a remote caller."""
+    for addresses in psutil.net_if_addrs().values():
+        for a in addresses:
+            if a.family == socket.AF_INET and not ipaddress.ip_address(a.address).is_loopback:
+                return str(a.address)
+    if os.environ.get("CI"):
+        pytest.fail("no non-loopback IPv4 address: the loopback-only rule cannot be exercised")
+    pytest.skip("no non-loopback IPv4 address on this machine")
+
+
+def test_without_tokens_only_loopback_callers_may_change_models(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, healthy_run: Path
+) -> None:
+    """No FITGATE_TOKENS: a remote caller may predict and read, never train, promote or roll back."""
+    address = _non_loopback_address()
+    srv = make_server(tmp_path_factory.mktemp("open"), tiny_model_dir, tokens=False, bind="0.0.0.0",
+                      FITGATE_TRAINING_ENABLED="false")  # fmt: skip
+    settings = Settings(data_dir=srv.data_dir)
+    version = release(healthy_run, ModelName.parse("team-a/spam"), settings, open_registry(settings), promote=True)
+    srv.start()
+    try:
+        remote = srv.url.replace("127.0.0.1", address)
+        upload = {"files": {"file": ("d.csv", GOOD_CSV)}, "data": {"model_name": "team-a/other"}, "timeout": 60}
+        promote = {"json": {"version": version.version}, "timeout": 60}
+        predicted = httpx.post(f"{remote}/predict", json={"texts": ["win cash"], "model": "team-a/spam"}, timeout=60)
+        assert predicted.status_code == 200
+        assert httpx.get(f"{remote}/models", timeout=60).status_code == 200
+        for call in (
+            lambda base: httpx.post(f"{base}/finetune", **upload),  # type: ignore[arg-type]
+            lambda base: httpx.post(f"{base}/models/team-a/spam/promote", **promote),  # type: ignore[arg-type]
+            lambda base: httpx.post(f"{base}/models/team-a/spam/rollback", timeout=60),
+        ):
+            refused = call(remote)
+            assert refused.status_code == 403, refused.text
+            message = refused.json()["error"]["message"]
+            assert "loopback" in message and "FITGATE_TOKENS" in message
+        assert httpx.post(f"{srv.url}/finetune", **upload).status_code == 202  # type: ignore[arg-type]
+        assert httpx.post(f"{srv.url}/models/team-a/spam/promote", **promote).status_code == 200  # type: ignore[arg-type]
+    finally:
+        srv.kill(signal.SIGTERM)
