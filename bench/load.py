@@ -19,10 +19,13 @@ import httpx
 import numpy as np
 
 
-async def run(url: str, texts: list[str], concurrency: int, seconds: float, batch: int, warmup: float) -> dict:
+async def run(
+    url: str, texts: list[str], concurrency: int, seconds: float, batch: int, warmup: float, model: str | None = None
+) -> dict:
     latencies: list[float] = []
     versions: dict[str, int] = {}
     error_kinds: dict[str, int] = {}
+    error_at: list[float] = []  # seconds after the warm-up, to line failures up with promotions
     errors = 0
     start = time.perf_counter() + warmup
     stop = start + seconds
@@ -31,7 +34,7 @@ async def run(url: str, texts: list[str], concurrency: int, seconds: float, batc
         nonlocal errors
         rng = random.Random(seed)
         while (now := time.perf_counter()) < stop:
-            body = {"texts": rng.sample(texts, batch)}
+            body: dict = {"texts": rng.sample(texts, batch), **({"model": model} if model else {})}
             sent = time.perf_counter()
             version, kind = None, ""
             try:
@@ -50,6 +53,7 @@ async def run(url: str, texts: list[str], concurrency: int, seconds: float, batc
                 else:
                     errors += 1
                     error_kinds[kind] = error_kinds.get(kind, 0) + 1
+                    error_at.append(round(sent - start, 2))
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
@@ -67,6 +71,7 @@ async def run(url: str, texts: list[str], concurrency: int, seconds: float, batc
         "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
         "versions": versions,
         "error_kinds": error_kinds,
+        "error_sent_at_s": error_at[:100],
     }
 
 
@@ -78,9 +83,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--model", help="model name to ask for (default: the service's default model)")
     ns = parser.parse_args()
     texts = json.loads(ns.texts.read_text())
-    print(json.dumps(asyncio.run(run(ns.url, texts, ns.concurrency, ns.seconds, ns.batch, ns.warmup))))
+    print(json.dumps(asyncio.run(run(ns.url, texts, ns.concurrency, ns.seconds, ns.batch, ns.warmup, ns.model))))
 
 
 if __name__ == "__main__":

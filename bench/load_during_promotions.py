@@ -65,8 +65,7 @@ def main() -> None:
     port = _free_port()
     env = {**os.environ, "FITGATE_DATA_DIR": str(settings.data_dir), "BENTOML_HOME": str(tmp / "home"),
            "BENTOML_DO_NOT_TRACK": "True"}  # fmt: skip
-    command = [sys.executable, "-m", "bentoml", "serve", "service.app:FitgateService", "--host", "127.0.0.1",
-               "--port", str(port)]  # fmt: skip
+    command = [str(ROOT / "scripts" / "serve"), "--port", str(port)]  # the launcher users run
     samples: list[tuple[float, float]] = []
     promotions: list[dict[str, Any]] = []
     with server(command, env, "/readyz", port, tmp / "server.log") as (url, pid):

@@ -124,8 +124,7 @@ def main() -> None:
     for name, extra in variants.items():
         port = _free_port()
         if name.startswith("fitgate"):
-            command = [sys.executable, "-m", "bentoml", "serve", "service.app:FitgateService",
-                       "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+            command = [str(ROOT / "scripts" / "serve"), "--port", str(port)]  # the launcher users run
             ready = "/readyz"
         else:
             command = [sys.executable, "-m", "uvicorn", "bench.pipeline_server:app", "--host", "127.0.0.1",

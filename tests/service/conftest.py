@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,9 +50,9 @@ class Server:
     def start(self, timeout: float = 120) -> None:
         with (self.data_dir / "server.log").open("ab") as log:  # the child keeps its own copy of the handle
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bentoml", "serve", "service.app:FitgateService", "--port",
-                 self.url.rsplit(":", 1)[1], "--host", self.bind],
-                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [str(REPO / "scripts" / "serve")],  # the launcher users and the image run
+                cwd=REPO, env={**self.env, "FITGATE_HOST": self.bind, "FITGATE_PORT": self.url.rsplit(":", 1)[1]},
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
