@@ -146,9 +146,7 @@ def run_trainer(splits: Splits, minority: list[str] | None, seed: int, work: Pat
 
     def dataset(part: LabelledData) -> list[dict[str, object]]:
         enc = tokenizer(part.texts, truncation=True)
-        return [
-            {**{k: v[i] for k, v in enc.items()}, "labels": label_id[label]} for i, label in enumerate(part.labels)
-        ]
+        return [{**{k: v[i] for k, v in enc.items()}, "labels": label_id[label]} for i, label in enumerate(part.labels)]
 
     started = time.perf_counter()
     model = modeling.load_classifier(base, names, dropout=None, seed=seed)
