@@ -15,18 +15,25 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from fitgate.errors import ModelNotFound
 from fitgate.settings import Settings
 from models.gate import open_registry
 from models.names import ModelName
 from service.auth import Authenticator, Caller, Role
-from service.errors import BodyLimit, InvalidRequest, PayloadTooLarge, install_error_handlers
+from service.errors import (
+    BodyLimit,
+    InvalidRequest,
+    LineBreakInPath,
+    PayloadTooLarge,
+    error_responses,
+    install_error_handlers,
+)
 from service.jobs import JobRunner, JobStore
 from service.monitoring import PREDICT_LATENCY
 from service.predictor import ModelPool
@@ -65,6 +72,58 @@ class PredictResponse(BaseModel):
 
 class PromoteRequest(BaseModel):
     version: str = Field(min_length=1, max_length=64)
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: str
+
+
+class JobOut(BaseModel):
+    """A job as a client sees it (``Job.public()``): never the server's paths."""
+
+    model_config = ConfigDict(extra="allow")  # a field added to Job.public() reaches clients, not filtered out
+
+    job_id: str
+    model: str
+    status: str = Field(description="queued, running, succeeded, blocked, failed or cancelled")
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    progress: dict[str, Any] | None
+    result: dict[str, Any] | None
+    reason: str | None
+    attempts: int
+    arguments: dict[str, Any]
+
+
+class JobReport(BaseModel):
+    job_id: str
+    diagnosis: dict[str, Any] | None = Field(description="null when the run ended before diagnosis")
+    report: dict[str, Any]
+
+
+class ModelVersionOut(BaseModel):
+    model_config = ConfigDict(extra="allow")  # plus the version's summary: verdict, metrics, int8
+
+    model: str
+    version: str
+    current: bool
+    created_at: float
+
+
+class PointerOut(BaseModel):
+    model: str
+    current: str = Field(description="the version now served")
+
+
+PNG_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "A PNG plot."}}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """A route's error responses: 401, 403 and 422 on every route (each authenticates and validates its
+    request; declaring 422 also replaces FastAPI's default 422 schema, a shape fitgate never sends)."""
+    return error_responses(401, 403, 422, *codes)
 
 
 # --- the application ----------------------------------------------------------------------------
@@ -116,7 +175,7 @@ def create_app(core: Fitgate) -> FastAPI:
 
         return Depends(dependency)
 
-    @app.post("/predict", response_model=PredictResponse)
+    @app.post("/predict", responses=errors(404, 413, 503))
     async def predict(body: PredictRequest, caller: Annotated[Caller, caller_for("predict")]) -> PredictResponse:
         if len(body.texts) > s.max_texts_per_request:
             raise InvalidRequest(
@@ -140,14 +199,14 @@ def create_app(core: Fitgate) -> FastAPI:
             predictions=[PredictionOut(**a.__dict__) for a in answers],
         )
 
-    @app.post("/finetune", status_code=202)
+    @app.post("/finetune", status_code=202, responses=errors(413))
     async def finetune(
         request: Request,
         file: Annotated[UploadFile, File(description="labelled CSV, TSV or JSONL")],
         model_name: Annotated[str, Form(description="team/name")],
         caller: Annotated[Caller, caller_for("finetune")],
         parameters: Annotated[str, Form(description="JSON object of training arguments")] = "{}",
-    ) -> dict[str, str]:
+    ) -> JobAccepted:
         name = ModelName.parse(model_name)
         core.auth.require_model_access(caller, name)
         try:
@@ -182,7 +241,7 @@ def create_app(core: Fitgate) -> FastAPI:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)  # nothing is kept for a request that was refused
             raise
-        return {"job_id": job.id, "status": job.status}
+        return JobAccepted(job_id=job.id, status=job.status)
 
     def _own_job(job_id: str, caller: Caller) -> Any:
         job = core.jobs.get(job_id)
@@ -190,24 +249,24 @@ def create_app(core: Fitgate) -> FastAPI:
             raise ModelNotFound(f"no job {job_id!r}; list your jobs with GET /jobs")  # do not reveal others' jobs
         return job
 
-    @app.get("/jobs")
-    async def list_jobs(caller: Annotated[Caller, caller_for("finetune")]) -> list[dict[str, Any]]:
+    @app.get("/jobs", responses=errors())
+    async def list_jobs(caller: Annotated[Caller, caller_for("finetune")]) -> list[JobOut]:
         team = None if caller.is_admin or caller.team is None else caller.team
-        return [j.public() for j in core.jobs.for_team(team)]
+        return [JobOut(**j.public()) for j in core.jobs.for_team(team)]
 
-    @app.get("/jobs/{job_id}")
-    async def get_job(job_id: str, caller: Annotated[Caller, caller_for("finetune")]) -> dict[str, Any]:
-        return _own_job(job_id, caller).public()
+    @app.get("/jobs/{job_id}", responses=errors(404))
+    async def get_job(job_id: str, caller: Annotated[Caller, caller_for("finetune")]) -> JobOut:
+        return JobOut(**_own_job(job_id, caller).public())
 
-    @app.post("/jobs/{job_id}/cancel")
-    async def cancel_job(job_id: str, caller: Annotated[Caller, caller_for("finetune")]) -> dict[str, Any]:
+    @app.post("/jobs/{job_id}/cancel", responses=errors(404, 409))
+    async def cancel_job(job_id: str, caller: Annotated[Caller, caller_for("finetune")]) -> JobOut:
         _own_job(job_id, caller)
-        return core.jobs.request_cancel(job_id).public()
+        return JobOut(**core.jobs.request_cancel(job_id).public())
 
-    @app.post("/jobs/{job_id}/retry")
-    async def retry_job(job_id: str, caller: Annotated[Caller, caller_for("finetune")]) -> dict[str, Any]:
+    @app.post("/jobs/{job_id}/retry", responses=errors(404, 409))
+    async def retry_job(job_id: str, caller: Annotated[Caller, caller_for("finetune")]) -> JobOut:
         _own_job(job_id, caller)
-        return core.jobs.retry(job_id).public()
+        return JobOut(**core.jobs.retry(job_id).public())
 
     def _run_file(job_id: str, caller: Caller, name: str) -> Path:
         _own_job(job_id, caller)
@@ -216,45 +275,45 @@ def create_app(core: Fitgate) -> FastAPI:
             raise ModelNotFound(f"job {job_id} has no {name} yet; it is written when training ends")
         return path
 
-    @app.get("/jobs/{job_id}/report")
-    async def job_report(job_id: str, caller: Annotated[Caller, caller_for("finetune")]) -> JSONResponse:
+    @app.get("/jobs/{job_id}/report", responses=errors(404))
+    async def job_report(job_id: str, caller: Annotated[Caller, caller_for("finetune")]) -> JobReport:
         report = json.loads(_run_file(job_id, caller, "report.json").read_text())
         diagnosis_path = core.settings.data_dir / "runs" / job_id / "diagnosis.json"
         diagnosis = json.loads(diagnosis_path.read_text()) if diagnosis_path.is_file() else None
         report.pop("output_dir", None)
         report.pop("base_model", None)
-        return JSONResponse({"job_id": job_id, "diagnosis": diagnosis, "report": report})
+        return JobReport(job_id=job_id, diagnosis=diagnosis, report=report)
 
-    @app.get("/jobs/{job_id}/learning_curves.png")
+    @app.get("/jobs/{job_id}/learning_curves.png", response_class=FileResponse, responses=PNG_RESPONSE | errors(404))
     async def job_curves(job_id: str, caller: Annotated[Caller, caller_for("finetune")]) -> FileResponse:
         return FileResponse(_run_file(job_id, caller, "learning_curves.png"), media_type="image/png")
 
-    @app.get("/jobs/{job_id}/confusion_matrix.png")
+    @app.get("/jobs/{job_id}/confusion_matrix.png", response_class=FileResponse, responses=PNG_RESPONSE | errors(404))
     async def job_confusion(job_id: str, caller: Annotated[Caller, caller_for("finetune")]) -> FileResponse:
         return FileResponse(_run_file(job_id, caller, "confusion_matrix.png"), media_type="image/png")
 
-    @app.get("/models")
-    async def list_models(caller: Annotated[Caller, caller_for("predict")]) -> list[dict[str, Any]]:
+    @app.get("/models", responses=errors())
+    async def list_models(caller: Annotated[Caller, caller_for("predict")]) -> list[ModelVersionOut]:
         return [
-            {"model": v.model, "version": v.version, "current": v.current, "created_at": v.created_at, **v.summary}
+            ModelVersionOut(model=v.model, version=v.version, current=v.current, created_at=v.created_at, **v.summary)
             for v in core.registry.versions()
             if caller.team is None or caller.is_admin or v.model.startswith(f"{caller.team}/")
         ]
 
-    @app.post("/models/{team}/{name}/promote")
+    @app.post("/models/{team}/{name}/promote", responses=errors(404))
     async def promote(
         team: str, name: str, body: PromoteRequest, caller: Annotated[Caller, caller_for("finetune")]
-    ) -> dict:
+    ) -> PointerOut:
         model = ModelName.parse(f"{team}/{name}")
         core.auth.require_model_access(caller, model)
         core.registry.promote(model, body.version)
-        return {"model": str(model), "current": body.version}
+        return PointerOut(model=str(model), current=body.version)
 
-    @app.post("/models/{team}/{name}/rollback")
-    async def rollback(team: str, name: str, caller: Annotated[Caller, caller_for("finetune")]) -> dict:
+    @app.post("/models/{team}/{name}/rollback", responses=errors(409))
+    async def rollback(team: str, name: str, caller: Annotated[Caller, caller_for("finetune")]) -> PointerOut:
         model = ModelName.parse(f"{team}/{name}")
         core.auth.require_model_access(caller, model)
-        return {"model": str(model), "current": core.registry.rollback(model)}
+        return PointerOut(model=str(model), current=core.registry.rollback(model))
 
     return app
 
@@ -278,3 +337,7 @@ class FitgateService:
     async def load_default_model(self) -> None:
         """Load the deployed model before the first request; /metrics then shows it from the start."""
         await fitgate_core.pool.start()
+
+
+# mypy reads a decorated class as the class itself; @bentoml.service made it a bentoml.Service
+cast("bentoml.Service[FitgateService]", FitgateService).add_asgi_middleware(LineBreakInPath)

@@ -1,22 +1,27 @@
 """The one place where errors become HTTP responses.
 
-Every error body has the same shape: ``{"error": {"type": ..., "message": ...}}``.
+Every error body has the same shape: ``{"error": {"type": ..., "message": ...}}``, and the
+OpenAPI schema declares it (``error_responses``) for every status a route can answer with.
 No stack trace ever reaches a client; unexpected errors are logged with one.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fitgate.errors import FitgateError
 
 log = logging.getLogger(__name__)
+
+_UNPARSABLE_BODY = "There was an error parsing the body"  # FastAPI's detail, which names nothing
 
 
 class Unauthorized(FitgateError):
@@ -39,8 +44,35 @@ class InvalidRequest(FitgateError):
     status_code = 422
 
 
+class ErrorDetail(BaseModel):
+    type: str = Field(description="The error's class, e.g. InvalidRequest or Unauthorized.")
+    message: str = Field(description="What was expected, what was found and what to do.")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+ERROR_DESCRIPTIONS = {
+    401: "Missing or invalid API token.",
+    403: "The token lacks the role, or its team does not own the model or job.",
+    404: "No such model, version, job or job file.",
+    409: "The model or job is in a state that does not allow this.",
+    413: "The request body is over the configured size limit.",
+    422: "The request is invalid: the message names the field and the problem.",
+    503: "No model is deployed yet, or the named model has no promoted version.",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route can answer with, all with the one error body."""
+    return {code: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[code]} for code in codes}
+
+
 def error_body(kind: str, message: str) -> dict[str, dict[str, str]]:
-    return {"error": {"type": kind, "message": message}}
+    return ErrorBody(error=ErrorDetail(type=kind, message=message)).model_dump()
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -66,6 +98,18 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's and Starlette's answer to a body they cannot decode (bytes that are not UTF-8, broken
+            # multipart framing): the same client mistake as a body that is not JSON, so the same 422
+            reason = "" if exc.detail == _UNPARSABLE_BODY else f" ({exc.detail})"
+            return JSONResponse(
+                error_body(
+                    "InvalidRequest",
+                    f"the request body could not be parsed{reason}: send UTF-8 encoded JSON, "
+                    "or a multipart/form-data upload to POST /finetune",
+                ),
+                status_code=422,
+            )
         if exc.status_code == 413:
             return JSONResponse(
                 error_body(
@@ -125,3 +169,23 @@ class BodyLimit:
         except PayloadTooLarge:
             if not responded:
                 raise
+
+
+class LineBreakInPath:
+    """ASGI middleware around the whole BentoML app: a URL path with a line break (%0A) gets the usual JSON 422.
+
+    BentoML mounts fitgate's routes with a Starlette ``Mount`` whose pattern (``.*``) stops at a line break,
+    so such a request never reached fitgate's handlers and got the outer router's plain-text 404 instead.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "\n" in scope["path"]:
+            invalid = error_body(
+                "InvalidRequest", "the URL path contains a line break (%0A); no route, model name or job id does"
+            )
+            await JSONResponse(invalid, status_code=422)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
