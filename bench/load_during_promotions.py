@@ -6,6 +6,7 @@ the run, and the server's resident memory (all its processes) sampled every seco
 
     python bench/load_during_promotions.py --seconds 60      # quick
     python bench/load_during_promotions.py --seconds 300     # the figures in docs/RELIABILITY.md
+    python bench/load_during_promotions.py --seconds 120 --promotions 0   # control: the same load, no swap
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--promotions", type=int, default=3, choices=range(4), help="0: the control run")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "load_during_promotions.json")
     ns = parser.parse_args()
     model = sms_model()
@@ -83,7 +85,7 @@ def main() -> None:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        for i, version in enumerate(versions[1:], start=1):
+        for i, version in enumerate(versions[1 : 1 + ns.promotions], start=1):
             time.sleep(max(0.0, 10 + ns.seconds * i / 4 - (time.monotonic() - started)))
             r = httpx.post(f"{url}/models/bench/load/promote", json={"version": version}, timeout=30)
             promotions.append(
@@ -95,7 +97,7 @@ def main() -> None:
     after_warmup = [rss for t, rss in samples if t >= 10 + min(30.0, ns.seconds / 5)]
     growth = (after_warmup[-1] - after_warmup[0]) / after_warmup[0] * 100 if len(after_warmup) > 1 else None
     report = {
-        "command": f"python bench/load_during_promotions.py --seconds {ns.seconds:g}",
+        "command": f"python bench/load_during_promotions.py --seconds {ns.seconds:g} --promotions {ns.promotions}",
         "date": time.strftime("%Y-%m-%d"),
         "load": result,
         "promotions": promotions,
@@ -104,6 +106,7 @@ def main() -> None:
         "rss_mb_last": after_warmup[-1] if after_warmup else None,
         "rss_mb_max": max(rss for _, rss in samples) if samples else None,
         "rss_growth_percent": growth,
+        "rss_mb_every_5s": [(round(t), round(mb)) for t, mb in samples[::5]],
     }
     ns.out.parent.mkdir(parents=True, exist_ok=True)
     ns.out.write_text(json.dumps(report, indent=2))
