@@ -14,11 +14,22 @@ file I/O) are wrapped at the boundary with ``raise ... from exc``.
     ├── ModelNotFound (404)        no such model or version in the registry
     ├── RegistryConflict (409)     the registry cannot do that now (e.g. nothing to roll back to)
     ├── GateBlocked (422)          diagnosis refused the run: nothing is exported
-    └── ExportError (500)          export or its parity check failed: nothing is registered
-        └── BundleCorrupt (500)    a bundle's files do not match its manifest
+    ├── ExportError (500)          export or its parity check failed: nothing is registered
+    │   └── BundleCorrupt (500)    a bundle's files do not match its manifest
+    └── OutOfResources (507)       the server ran out of memory or disk: the message says what to shrink or free
+        ├── OutOfMemory (507)      the training process could not allocate memory
+        └── DiskFull (507)         a write failed for lack of space: nothing half-written is kept
+
+``OutOfResources`` messages name no server path: they are shown to the user as a job's reason.
 """
 
 from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterator
 
 
 class FitgateError(Exception):
@@ -87,3 +98,61 @@ class ExportError(FitgateError):
 
 class BundleCorrupt(ExportError):
     """A bundle on disk does not match its checksum manifest: refuse to serve it."""
+
+
+class OutOfResources(FitgateError):
+    """The server lacked memory or disk for the run; the message is safe to show the user."""
+
+    status_code = 507
+
+
+class OutOfMemory(OutOfResources):
+    """The training process could not allocate memory (its limit, the machine's, or the GPU's)."""
+
+
+class DiskFull(OutOfResources):
+    """A write failed because the volume is full; whatever was half-written has been removed."""
+
+
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "cannot allocate memory", "out of memory")
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """An error and every error it was raised from or while handling."""
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _says_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, shutil.Error):  # copytree folds each file's OSError into a list of messages
+        failures = exc.args[0] if exc.args and isinstance(exc.args[0], list) else []
+        return any(os.strerror(code) in str(why) for *_, why in failures for code in _DISK_FULL_ERRNOS)
+    if isinstance(exc, OSError):
+        return exc.errno in _DISK_FULL_ERRNOS
+    return isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
+def _says_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OUT_OF_MEMORY_MESSAGES)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc``, or an error it came from, means a volume had no space left.
+
+    The errno alone misses two cases: ``shutil.copytree`` reports its files' failures as text
+    in one ``shutil.Error``, and SQLite reports SQLITE_FULL.
+    """
+    return any(_says_disk_full(e) for e in _chain(exc))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc``, or an error it came from, is an allocation failure.
+
+    Python and NumPy raise MemoryError; PyTorch raises RuntimeError ("DefaultCPUAllocator:
+    can't allocate memory") on the CPU and torch.OutOfMemoryError, a RuntimeError, on a GPU.
+    """
+    return any(_says_out_of_memory(e) for e in _chain(exc))

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     """Run fine-tune jobs in this process (switch off on inference-only replicas)."""
     max_running_jobs: int = Field(1, ge=1, le=16)
     """Jobs trained at once (one per GPU); the rest wait in order."""
+    training_memory_mb: int | None = Field(None, ge=2048)
+    """Address space one training process may use, in MiB (RLIMIT_AS; unset: no limit). A run that needs
+    more fails with "ran out of memory" instead of waking the kernel's OOM killer, which may pick the
+    server. It counts mapped libraries too: the process maps about 1.5 GB before training starts, plus
+    64 MB per glibc malloc arena (set MALLOC_ARENA_MAX=2 on many-core hosts). CPU training only: CUDA
+    reserves tens of GB of address space at start-up."""
     max_upload_bytes: int = Field(50 * 2**20, ge=1024)
     """Largest upload accepted by /finetune (streamed to disk, never held in memory)."""
     max_texts_per_request: int = Field(256, ge=1, le=100_000)

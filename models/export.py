@@ -23,7 +23,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
 import fitgate
-from fitgate.errors import ExportError
+from fitgate.errors import ExportError, is_disk_full
 from fitgate.settings import Settings
 from models.bundle import SPEC, BundleSpec, ReferenceStatistics, sha256_file, write_manifest
 from models.runtime import encode, load_tokenizer, run_logits, session_options
@@ -144,6 +144,8 @@ def try_int8(
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8)
     except Exception as exc:  # int8 is optional: its failure ships fp32 with the reason
         int8_path.unlink(missing_ok=True)
+        if is_disk_full(exc):  # not a property of int8: the rest of the bundle cannot be written either
+            raise
         return {"kept": False, "reason": f"int8 quantization failed ({type(exc).__name__}); fp32 ships"}, None
     finally:
         root.setLevel(level)

@@ -3,8 +3,11 @@
 BentoML's store holds the bytes (``bentoml.models.create`` writes into a temporary folder
 and copies it into the store only when the block completes). SQLite is the registry of
 record: a version exists for fitgate only once its row is committed, after the store write
-finished, so a crash mid-write leaves nothing visible. The "current" version of a model is
-the top of a stack that ``promote`` pushes and ``rollback`` pops.
+finished, so a crash mid-write leaves nothing visible. A failed write (a full disk) leaves
+nothing behind either: BentoML removes a half-copied store folder, and ``register`` removes
+the copied one when its row cannot be written. Only a kill during the copy itself can leave
+an unregistered folder in the store, which fitgate never lists or serves. The "current"
+version of a model is the top of a stack that ``promote`` pushes and ``rollback`` pops.
 """
 
 from __future__ import annotations
@@ -80,10 +83,14 @@ class Registry:
             shutil.copytree(bundle_dir, model.path, dirs_exist_ok=True)
         version = str(model.tag.version)
         with self._connect() as db:
-            db.execute(
-                "INSERT INTO versions (model, version, created_at, summary) VALUES (?, ?, ?, ?)",
-                (str(name), version, time.time(), json.dumps(summary)),
-            )
+            try:
+                db.execute(
+                    "INSERT INTO versions (model, version, created_at, summary) VALUES (?, ?, ?, ?)",
+                    (str(name), version, time.time(), json.dumps(summary)),
+                )
+            except sqlite3.Error:  # the row was not written (autocommit): its bytes would never be served
+                self._store.delete(model.tag)
+                raise
         return version
 
     def promote(self, name: ModelName, version: str) -> None:

@@ -239,6 +239,29 @@ class JobStore:
         return removed
 
 
+def death_reason(exit_code: int) -> str:
+    """Why a training process ended without recording an outcome, in the user's terms."""
+    if exit_code == -signal.SIGKILL:
+        return (
+            "the training process was killed (SIGKILL), most likely by the kernel's out-of-memory killer: "
+            "retry with a smaller max_length or per_device_train_batch_size; if it happens again, "
+            "the operators can give training more memory or set FITGATE_TRAINING_MEMORY_MB"
+        )
+    if exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:  # a real-time signal has no name
+            name = str(-exit_code)
+        return (
+            f"the training process was killed by signal {name}; "
+            "retry the job, and tell the operators if it happens again"
+        )
+    return (
+        f"the training process crashed (exit code {exit_code}) before it could record an outcome; "
+        "retry the job, and tell the operators if it happens again (the worker log has the cause)"
+    )
+
+
 def _is_worker_of(pid: int, job_id: str) -> bool:
     try:
         return job_id in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
@@ -303,12 +326,7 @@ class JobRunner:
 
     def _record_outcome(self, job_id: str, code: int) -> None:
         if code != 0:  # the worker records its own outcome; a non-zero exit it could not record is a crash
-            reason = (
-                "killed (SIGKILL: out of memory, or stopped by an operator)"
-                if code == -signal.SIGKILL
-                else f"exited with code {code}"
-            )
-            self.store.finish(job_id, "failed", reason=f"training process died: {reason}")
+            self.store.finish(job_id, "failed", reason=death_reason(code))
         job = self.store.get(job_id)
         if job.status not in FINAL:
             return

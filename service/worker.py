@@ -1,20 +1,36 @@
 """One fine-tune job in its own process: ``python -m service.worker JOB_ID``.
 
 A crash or out-of-memory here ends this process only; the service marks the job failed.
-The worker records its own outcome and exits 0 whenever it could.
+The worker records its own outcome and exits 0 whenever it could. With
+FITGATE_TRAINING_MEMORY_MB set, the process limits its own address space first, so a run
+that needs too much memory fails here with a reason the user can act on, instead of the
+kernel's OOM killer choosing a victim (possibly the server).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import resource
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from fitgate.errors import FitgateError, GateBlocked, ModelLoadError, TrainingCancelled
+from fitgate.errors import (
+    DiskFull,
+    FitgateError,
+    GateBlocked,
+    ModelLoadError,
+    OutOfMemory,
+    OutOfResources,
+    TrainingCancelled,
+    is_disk_full,
+    is_out_of_memory,
+)
 from fitgate.settings import Settings
 from models.gate import open_registry, release
 from models.names import ModelName
@@ -25,6 +41,14 @@ from training.progress import Progress
 
 log = logging.getLogger("fitgate.worker")
 PROGRESS_EVERY_SECONDS = 1.0
+OUT_OF_MEMORY = (
+    "the training process ran out of memory; retry with a smaller max_length, per_device_train_batch_size "
+    "or per_device_eval_batch_size, or ask the operators for more memory (FITGATE_TRAINING_MEMORY_MB)"
+)
+DISK_FULL_IN_TRAINING = (
+    "the server's disk is full: the trained model could not be saved, and nothing was deployed; "
+    "the operators must free space (FITGATE_DATA_DIR), then retry the job"
+)
 
 
 class _Reporter:
@@ -54,10 +78,16 @@ def run_job(job_id: str, settings: Settings) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)  # a retry never shows the previous attempt's report
     try:
         args = parse_arguments({**job.arguments, "base_model": settings.base_model})
-        fine_tune(Path(job.upload), run_dir, args, on_progress=reporter, should_cancel=reporter.should_cancel)
-        released = release(
-            run_dir, ModelName.parse(job.model_name), settings, open_registry(settings), promote=settings.auto_promote
-        )
+        with _out_of_resources_named():
+            fine_tune(Path(job.upload), run_dir, args, on_progress=reporter, should_cancel=reporter.should_cancel)
+            released = release(
+                run_dir,
+                ModelName.parse(job.model_name),
+                settings,
+                open_registry(settings),
+                promote=settings.auto_promote,
+                on_progress=reporter,
+            )
         report = json.loads((run_dir / "report.json").read_text())
         store.finish(job_id, "succeeded", result={
             "version": released.version,
@@ -71,6 +101,9 @@ def run_job(job_id: str, settings: Settings) -> None:
         store.finish(job_id, "blocked", reason=exc.message, result={"diagnosis": diagnosis})
     except TrainingCancelled as exc:
         store.finish(job_id, "cancelled", reason=exc.message)
+    except OutOfResources as exc:  # written for the user: names no server path
+        log.error("job %s failed: %s", job_id, exc.message, exc_info=exc.__cause__)
+        store.finish(job_id, "failed", reason=exc.message)
     except FitgateError as exc:
         if exc.status_code >= 500 or isinstance(exc, ModelLoadError):  # server-side detail stays in the log
             log.error("job %s failed: %s", job_id, exc.message)
@@ -86,9 +119,36 @@ def run_job(job_id: str, settings: Settings) -> None:
         store.finish(job_id, "failed", reason="internal error during training; see the worker log on the server")
 
 
+@contextmanager
+def _out_of_resources_named() -> Iterator[None]:
+    """Turn PyTorch's, NumPy's and the OS's memory and disk failures into errors that say so."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, OutOfResources):
+            raise
+        if is_out_of_memory(exc):
+            raise OutOfMemory(OUT_OF_MEMORY) from exc
+        if is_disk_full(exc):
+            raise DiskFull(DISK_FULL_IN_TRAINING) from exc
+        raise
+
+
+def limit_memory(megabytes: int | None) -> None:
+    """Cap this process's address space, so allocations beyond it fail instead of exhausting the machine."""
+    if megabytes is None:
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = megabytes * 2**20 if hard == resource.RLIM_INFINITY else min(megabytes * 2**20, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    log.info("training process address space limited to %d MiB", limit // 2**20)
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_job(sys.argv[1], Settings())
+    settings = Settings()
+    limit_memory(settings.training_memory_mb)
+    run_job(sys.argv[1], settings)
     return 0
 
 

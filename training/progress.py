@@ -1,6 +1,8 @@
 """How a run reports where it is, and how it is told to stop.
 
 The CLI renders progress as a tqdm bar; the service stores it for ``GET /jobs/{id}``.
+``fine_tune`` reports loading to done; ``models.gate.release`` goes on with diagnosing,
+exporting and registering.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-Phase = Literal["loading", "training", "calibrating", "saving", "done"]
+Phase = Literal["loading", "training", "calibrating", "saving", "done", "diagnosing", "exporting", "registering"]
 
 
 @dataclass(frozen=True)

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import shutil
+import sqlite3
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from transformers import AutoModelForSequenceClassification
 
-from fitgate.errors import BundleCorrupt, GateBlocked, ModelNotFound, RegistryConflict
+from fitgate.errors import BundleCorrupt, DiskFull, ExportError, GateBlocked, ModelNotFound, RegistryConflict
 from fitgate.settings import Settings
 from models import export
+from models import registry as registry_module
 from models.bundle import load_spec, verify_manifest
 from models.export import export_onnx
 from models.gate import open_registry, release
@@ -139,3 +147,153 @@ def test_truncated_inputs_are_flagged(healthy_run: Path, settings: Settings) -> 
     short, long = classifier.predict(["win cash", "win cash " * 200])
     assert not short.truncated and long.truncated
     assert np.isclose(sum(long.probabilities.values()), 1.0)
+
+
+# --- a full disk during export: the previous version stays current and keeps serving -------------------
+
+
+@pytest.fixture(scope="module")
+def one_version(tmp_path_factory: pytest.TempPathFactory, healthy_run: Path) -> tuple[Path, str]:
+    """A data directory holding one promoted version of NAME, released once and copied by each test."""
+    data = tmp_path_factory.mktemp("one-version") / "data"
+    settings = Settings(data_dir=data)
+    return data, release(healthy_run, NAME, settings, open_registry(settings), promote=True).version
+
+
+def deploy_one_version(one_version: tuple[Path, str], data: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    shutil.copytree(one_version[0], data)
+    monkeypatch.setenv("FITGATE_DATA_DIR", str(data))
+    return Settings()
+
+
+def assert_only_the_previous_version_exists_and_serves(settings: Settings, previous: str, run: Path) -> None:
+    registry = open_registry(settings)
+    assert [v.version for v in registry.versions(NAME)] == [previous] and registry.current(NAME) == previous
+    store = settings.bentoml_home() / "models" / NAME.tag_name
+    assert {p.name for p in store.iterdir() if p.is_dir()} == {previous}  # no half-copied version folder
+    assert not list(run.glob(".bundle-staging-*")) and not list(run.rglob("*.onnx"))  # staging removed
+    classifier = OnnxClassifier(registry.bundle_path(NAME), precision="fp32")
+    classifier.load()  # verifies every file against the manifest
+    trained = RunDirectory.open(run)
+    answers = [a.label for a in classifier.predict(trained.validation.texts)]
+    assert answers == [trained.label_names[i] for i in trained.validation_predictions]
+
+
+def _no_space(path: object) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def fill_disk_writing_onnx(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    """What torch.onnx.export does on a full disk: part of the file is written, then a plain OSError."""
+
+    def export_until_full(model: object, path: Path) -> None:
+        path.write_bytes(b"\x08" * 65536)
+        raise _no_space(path)
+
+    monkeypatch.setattr(export, "export_onnx", export_until_full)
+
+
+def fill_disk_copying_into_the_store(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    """The store's volume fills after two files of the bundle were copied into it."""
+    real_copytree, store, copied = shutil.copytree, settings.bentoml_home(), []
+
+    def copy_until_full(src: str, dst: str, *, follow_symlinks: bool = True) -> object:
+        if Path(dst).is_relative_to(store):
+            if len(copied) >= 2:
+                raise _no_space(dst)
+            copied.append(dst)
+        return shutil.copy2(src, dst, follow_symlinks=follow_symlinks)
+
+    def copytree(src: Path, dst: Path, symlinks: bool = False, ignore: Any = None, copy_function: Any = None,
+                 *args: Any, **kwargs: Any) -> Any:  # fmt: skip
+        return real_copytree(src, dst, symlinks, ignore, copy_until_full, *args, **kwargs)  # also when it recurses
+
+    monkeypatch.setattr(shutil, "copytree", copytree)
+
+
+def fill_disk_recording_the_version(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
+    """The bundle fits in the store, then SQLite cannot write the version's row."""
+    real_connect = registry_module.connect
+
+    class FullDatabase:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.db, name)
+
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            if sql.startswith("INSERT INTO versions"):
+                full = sqlite3.OperationalError("database or disk is full")
+                full.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+                raise full
+            return self.db.execute(sql, *args)
+
+    @contextlib.contextmanager
+    def connect(database: Path, journal_mode: str = "wal") -> Iterator[FullDatabase]:
+        with real_connect(database, journal_mode) as db:
+            yield FullDatabase(db)
+
+    monkeypatch.setattr(registry_module, "connect", connect)
+
+
+@pytest.mark.parametrize(
+    "fill_disk", [fill_disk_writing_onnx, fill_disk_copying_into_the_store, fill_disk_recording_the_version]
+)
+def test_a_full_disk_during_export_keeps_the_previous_version_serving(
+    healthy_run: Path,
+    one_version: tuple[Path, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fill_disk: Callable[[pytest.MonkeyPatch, Settings], None],
+) -> None:
+    settings = deploy_one_version(one_version, tmp_path / "data", monkeypatch)
+    fill_disk(monkeypatch, settings)
+    with pytest.raises(DiskFull, match="disk is full") as excinfo:
+        release(healthy_run, NAME, settings, open_registry(settings), promote=True)
+    assert "current version keeps serving" in excinfo.value.message and "free space" in excinfo.value.message
+    assert excinfo.value.status_code == 507
+    assert_only_the_previous_version_exists_and_serves(settings, one_version[1], healthy_run)
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path) -> Iterator[Path]:
+    """A real 24 MiB tmpfs; skipped where mounting is not permitted (it needs root or CAP_SYS_ADMIN)."""
+    mount = tmp_path / "volume"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); the simulated cases above remain")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.mark.parametrize(
+    ("run_on_volume", "free_mib", "failed_write"),
+    [
+        (True, 1, ExportError),  # the run's staging folder has no room for the ONNX file
+        (False, 3, shutil.Error),  # the bundle (about 6 MB) was staged elsewhere; the store has no room for it
+    ],
+)
+def test_a_really_full_volume_during_export_leaves_nothing_behind(
+    healthy_run: Path,
+    one_version: tuple[Path, str],
+    small_volume: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    run_on_volume: bool,
+    free_mib: int,
+    failed_write: type[Exception],
+) -> None:
+    """The data directory on a small volume, filled until ``free_mib`` remain: nothing is mocked."""
+    settings = deploy_one_version(one_version, small_volume / "data", monkeypatch)
+    run = shutil.copytree(healthy_run, small_volume / "run") if run_on_volume else healthy_run
+    filler = shutil.disk_usage(small_volume).free - free_mib * 2**20
+    (small_volume / "filler").write_bytes(b"\0" * filler)
+    free_before = shutil.disk_usage(small_volume).free
+    with pytest.raises(DiskFull, match="disk is full") as excinfo:
+        release(run, NAME, settings, open_registry(settings), promote=True)
+    assert isinstance(excinfo.value.__cause__, failed_write)
+    assert shutil.disk_usage(small_volume).free >= free_before - 64 * 1024  # every partial file was removed
+    assert_only_the_previous_version_exists_and_serves(settings, one_version[1], run)
