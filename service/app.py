@@ -21,7 +21,7 @@ from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from fitgate.errors import ModelNotFound
+from fitgate.errors import DiskFull, ModelNotFound, is_disk_full
 from fitgate.settings import Settings
 from models.gate import open_registry
 from models.names import ModelName
@@ -199,7 +199,7 @@ def create_app(core: Fitgate) -> FastAPI:
             predictions=[PredictionOut(**a.__dict__) for a in answers],
         )
 
-    @app.post("/finetune", status_code=202, responses=errors(413))
+    @app.post("/finetune", status_code=202, responses=errors(413, 507))
     async def finetune(
         request: Request,
         file: Annotated[UploadFile, File(description="labelled CSV, TSV or JSONL")],
@@ -238,8 +238,13 @@ def create_app(core: Fitgate) -> FastAPI:
             # bad data is refused now, with its specific message, not minutes later in a failed job
             await asyncio.to_thread(load_splits, target, parse_arguments(raw))
             job = core.jobs.create(job_id, name.team, str(name), arguments, target)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(folder, ignore_errors=True)  # nothing is kept for a request that was refused
+            if is_disk_full(exc):
+                raise DiskFull(
+                    "the server's disk is full, so the upload was not stored and no job was created; "
+                    "retry later, and tell the operators (they must free space in FITGATE_DATA_DIR)"
+                ) from exc
             raise
         return JobAccepted(job_id=job.id, status=job.status)
 

@@ -63,6 +63,7 @@ ERROR_DESCRIPTIONS = {
     413: "The request body is over the configured size limit.",
     422: "The request is invalid: the message names the field and the problem.",
     503: "No model is deployed yet, or the named model has no promoted version.",
+    507: "The server is out of disk space; nothing was stored. Retry later; operators must free space.",
 }
 
 

@@ -6,6 +6,8 @@ import csv
 import os
 import random
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,17 @@ def require_tool(name: str, where: str) -> str:
             pytest.fail(f"{name} is missing: {where}")
         pytest.skip(f"{name} is not installed ({where})")
     return found
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path) -> Iterator[Path]:
+    """A real 24 MiB tmpfs; skipped where mounting is not permitted (it needs root or CAP_SYS_ADMIN)."""
+    mount = tmp_path / "volume"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); simulated full disks remain")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -254,20 +253,6 @@ def test_a_full_disk_during_export_keeps_the_previous_version_serving(
     assert "current version keeps serving" in excinfo.value.message and "free space" in excinfo.value.message
     assert excinfo.value.status_code == 507
     assert_only_the_previous_version_exists_and_serves(settings, one_version[1], healthy_run)
-
-
-@pytest.fixture
-def small_volume(tmp_path: Path) -> Iterator[Path]:
-    """A real 24 MiB tmpfs; skipped where mounting is not permitted (it needs root or CAP_SYS_ADMIN)."""
-    mount = tmp_path / "volume"
-    mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); the simulated cases above remain")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 @pytest.mark.parametrize(

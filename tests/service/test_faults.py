@@ -32,7 +32,7 @@ from models.names import ModelName
 from service import worker
 from service.jobs import JobStore
 from tests.conftest import keyword_rows, write_csv
-from tests.service.conftest import Server, make_server
+from tests.service.conftest import Server, bearer, make_server
 from training.modeling import load_tokenizer
 
 LEARNABLE = {"parameters": '{"num_train_epochs": 4, "learning_rate": 0.005, "max_length": 32}'}
@@ -71,6 +71,38 @@ def wait_for_phase(server: Server, job_id: str, *phases: str, timeout: float = 1
         assert job["status"] in ("queued", "running"), job
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} never reported a phase in {phases}")
+
+
+# --- a full disk during an upload -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_an_upload_onto_a_full_disk_is_refused_clearly_and_leaves_nothing(
+    small_volume: Path, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    srv = make_server(tmp_path, tiny_model_dir, FITGATE_DATA_DIR=str(small_volume),
+                      FITGATE_TRAINING_ENABLED="false", FITGATE_MAX_UPLOAD_BYTES=str(64 * 2**20))  # fmt: skip
+    srv.start()  # its log stays on the roomy disk
+
+    def post(csv: Path, model: str) -> httpx.Response:
+        with csv.open("rb") as f:
+            return httpx.post(f"{srv.url}/finetune", files={"file": (csv.name, f)}, data={"model_name": model},
+                              headers=bearer("team-a"), timeout=120)  # fmt: skip
+
+    try:
+        rows = [(f"message number {i} " + "x" * 300, "ab"[i % 2]) for i in range(90_000)]
+        big = write_csv(tmp_path / "big.csv", rows)
+        assert big.stat().st_size > 24 * 2**20
+        refused = post(big, "team-a/big")
+        assert refused.status_code == 507, refused.text
+        assert "disk is full" in refused.json()["error"]["message"]
+        assert str(small_volume) not in refused.text
+        assert httpx.get(f"{srv.url}/livez", timeout=30).status_code == 200
+        assert list((small_volume / "uploads").iterdir()) == []
+        accepted = post(write_csv(tmp_path / "small.csv", keyword_rows(60)), "team-a/small")
+        assert accepted.status_code == 202, "the space was given back: the next upload fits"
+    finally:
+        srv.kill(signal.SIGTERM)
 
 
 # --- kill -9 during export ------------------------------------------------------------------------
