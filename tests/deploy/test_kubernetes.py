@@ -107,8 +107,11 @@ def test_one_trainer_and_the_gpu_overlay_gives_it_a_gpu(rendered: tuple[str, lis
         assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
         assert pod["containers"][0]["image"].endswith("-gpu")
+        assert "FITGATE_TRAINING_MEMORY_MB" not in env_of(trainer)  # CUDA maps far more than it uses
     else:
         assert "nvidia.com/gpu" not in limits and pod["containers"][0]["image"].endswith("-cpu")
+        assert limits["memory"].endswith("Gi")  # a run that outgrows the pod fails its job, not the server
+        assert int(env_of(trainer)["FITGATE_TRAINING_MEMORY_MB"]) < int(limits["memory"][:-2]) * 1024
 
 
 def test_both_roles_share_one_read_write_many_volume(rendered: tuple[str, list[dict[str, Any]]]) -> None:
