@@ -17,6 +17,7 @@ Data sets under 2,000 training rows run 3 seeds. Rows are written to the JSON as
     python bench/train_quality.py                                     # everything (hours on 2 cores)
     python bench/train_quality.py --datasets banking77_imbalanced     # about half an hour
     python bench/train_quality.py --quick      # minutes: 600 sms_spam rows, one epoch, one seed
+    python bench/train_quality.py --render     # rewrite the .md from the JSON (e.g. of a stopped run)
 """
 
 from __future__ import annotations
@@ -277,7 +278,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="600 sms_spam rows, one epoch per recipe, one seed")
     parser.add_argument("--seeds", type=int, default=3, help="seeds for data sets under 2,000 training rows")
     parser.add_argument("--out", type=Path, default=Path("bench/results/train_quality.json"))
+    parser.add_argument("--render", action="store_true", help="only rewrite the .md from the rows in --out")
     ns = parser.parse_args()
+    if ns.render:  # a run stopped early: its JSON has every finished row
+        rows = json.loads(ns.out.read_text())["rows"]
+        ns.out.with_suffix(".md").write_text(markdown(summary(rows), targets(summary(rows))) + "\n")
+        print(ns.out.with_suffix(".md").read_text())
+        return
     if ns.quick:
         ns.datasets, ns.seeds = ["sms_spam"], 1
 
@@ -323,9 +330,8 @@ def main() -> None:
                 lines = summary(rows)
                 result = {"meta": meta, "rows": rows, "summary": lines, "targets": targets(lines)}
                 ns.out.write_text(json.dumps(result, indent=2))  # after every run: a stopped run keeps its rows
-    table = markdown(summary(rows), targets(summary(rows)))
-    ns.out.with_suffix(".md").write_text(table + "\n")
-    print(table)
+                ns.out.with_suffix(".md").write_text(markdown(lines, result["targets"]) + "\n")
+    print(ns.out.with_suffix(".md").read_text())
 
 
 if __name__ == "__main__":
