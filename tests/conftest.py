@@ -27,22 +27,27 @@ def _isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FITGATE_DATA_DIR", str(tmp_path / "fitgate-data"))
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer, 32-wide BERT using MiniLM's vocabulary: trains in seconds on 2 CPU cores."""
-    path = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = load_tokenizer(default_base_model())
+def save_random_bert(path: Path, tokenizer_from: str, *, num_hidden_layers: int, intermediate_size: int) -> Path:
+    """A randomly initialised 32-wide BERT with the given tokenizer's vocabulary, saved as a model folder."""
+    tokenizer = load_tokenizer(tokenizer_from)
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=num_hidden_layers,
         num_attention_heads=2,
-        intermediate_size=64,
+        intermediate_size=intermediate_size,
         max_position_embeddings=128,
     )
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide BERT using MiniLM's vocabulary: trains in seconds on 2 CPU cores."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    return save_random_bert(path, default_base_model(), num_hidden_layers=2, intermediate_size=64)
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "label")) -> Path:

@@ -23,7 +23,6 @@ import httpx
 import psutil
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 from fitgate.settings import Settings
 from models import export
@@ -31,9 +30,8 @@ from models.gate import open_registry, release
 from models.names import ModelName
 from service import worker
 from service.jobs import JobStore
-from tests.conftest import keyword_rows, write_csv
+from tests.conftest import keyword_rows, save_random_bert, write_csv
 from tests.service.conftest import Server, bearer, make_server
-from training.modeling import load_tokenizer
 
 LEARNABLE = {"parameters": '{"num_train_epochs": 4, "learning_rate": 0.005, "max_length": 32}'}
 DEPLOYED = "team-a/spam"
@@ -151,18 +149,7 @@ HUNGRY = {  # 120 validation texts of 128 tokens in one batch through a 131,072-
 def wide_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     """A one-layer BERT with a 131,072-wide feed-forward layer: small on disk, huge activations."""
     path = tmp_path_factory.mktemp("wide-bert")
-    tokenizer = load_tokenizer(str(tiny_model_dir))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=131_072,
-        max_position_embeddings=128,
-    )
-    BertForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_random_bert(path, str(tiny_model_dir), num_hidden_layers=1, intermediate_size=131_072)
 
 
 @pytest.fixture(scope="module")
