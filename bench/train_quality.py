@@ -18,6 +18,7 @@ Data sets under 2,000 training rows run 3 seeds. Rows are written to the JSON as
     python bench/train_quality.py --datasets banking77_imbalanced     # about half an hour
     python bench/train_quality.py --quick      # minutes: 600 sms_spam rows, one epoch, one seed
     python bench/train_quality.py --render     # rewrite the .md from the JSON (e.g. of a stopped run)
+    python bench/train_quality.py --append --datasets sms_spam --recipes trainer   # redo one row, keep the rest
 """
 
 from __future__ import annotations
@@ -279,6 +280,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds for data sets under 2,000 training rows")
     parser.add_argument("--out", type=Path, default=Path("bench/results/train_quality.json"))
     parser.add_argument("--render", action="store_true", help="only rewrite the .md from the rows in --out")
+    parser.add_argument(
+        "--append", action="store_true", help="keep the rows already in --out; a rerun replaces its earlier row"
+    )
     ns = parser.parse_args()
     if ns.render:  # a run stopped early: its JSON has every finished row
         rows = json.loads(ns.out.read_text())["rows"]
@@ -295,7 +299,9 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
-    rows: list[dict] = []
+    previous = json.loads(ns.out.read_text()) if ns.append and ns.out.exists() else {"rows": []}
+    runs = [*previous.get("runs", [previous["meta"]] if "meta" in previous else []), meta]
+    rows: list[dict] = [{"run": 0, **r} for r in previous["rows"]]  # "run": which entry of "runs" made it
     ns.out.parent.mkdir(parents=True, exist_ok=True)
     for name in ns.datasets:
         train_path, test_path, minority = source(name)
@@ -323,12 +329,12 @@ def main() -> None:
                         scores = run_trainer(splits, minority, seed, Path(tmp))
                     else:
                         scores = run_naive(splits, minority, 1 if ns.quick else 5, seed)
-                rows.append(
-                    {"dataset": name, "recipe": recipe, "seed": seed, "train_rows": len(splits.train.texts), **scores}
-                )
+                key = {"dataset": name, "recipe": recipe, "seed": seed}
+                rows = [r for r in rows if {k: r[k] for k in key} != key]
+                rows.append({**key, "run": len(runs) - 1, "train_rows": len(splits.train.texts), **scores})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
                 lines = summary(rows)
-                result = {"meta": meta, "rows": rows, "summary": lines, "targets": targets(lines)}
+                result = {"runs": runs, "rows": rows, "summary": lines, "targets": targets(lines)}
                 ns.out.write_text(json.dumps(result, indent=2))  # after every run: a stopped run keeps its rows
                 ns.out.with_suffix(".md").write_text(markdown(lines, result["targets"]) + "\n")
     print(ns.out.with_suffix(".md").read_text())
