@@ -55,6 +55,7 @@ class BundleSpec(BaseModel):
     reference: ReferenceStatistics  # outputs of the fp32 graph
     reference_int8: ReferenceStatistics | None = None  # outputs of the int8 graph, when it ships
     parity: dict[str, Any]
+    fusion: dict[str, Any] = {}  # which ONNX Runtime fused operators the fp32 graph uses (absent in older bundles)
     quantization: dict[str, Any]
     metrics: dict[str, Any]
     diagnosis: dict[str, Any]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 from transformers import AutoModelForSequenceClassification
 
@@ -49,9 +50,44 @@ def test_a_passing_run_becomes_a_verified_current_bundle(healthy_run: Path, sett
     assert {(s["batch"], s["sequence"]) for s in spec.parity["shape_sweep"]} >= {(1, 1), (1, 32), (256, 1), (256, 32)}
     assert spec.provenance["data_sha256"]["train"] and spec.provenance["libraries"]["onnxruntime"]
     assert len(spec.reference.class_distribution) == 2 and spec.reference.probability_sample
+    assert "int8 quantization failed" not in spec.quantization["reason"]  # the quantizer handles the fused graph
     assert {"report/report.json", "report/diagnosis.json", "report/learning_curves.png"} <= {
         str(p.relative_to(bundle)) for p in bundle.rglob("*")
     }
+
+
+def test_the_exported_graph_uses_the_fused_bert_operators(healthy_run: Path, settings: Settings) -> None:
+    registry = open_registry(settings)
+    release(healthy_run, NAME, settings, registry, promote=True)
+    spec = load_spec(registry.bundle_path(NAME))
+    graph = onnx.load(str(registry.bundle_path(NAME) / spec.onnx_fp32)).graph
+    assert spec.fusion["fused"] and spec.fusion["operators"]["Attention"] == 2  # one per encoder layer
+    assert {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization"} <= {n.op_type for n in graph.node}
+    assert spec.parity["argmax_agreement"] >= 0.999  # the parity check ran on the fused graph
+
+
+def test_a_failed_fusion_ships_the_unfused_graph_with_the_reason(
+    healthy_run: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_optimizer(*args: object, **kwargs: object) -> None:
+        raise ValueError("pattern not supported")
+
+    monkeypatch.setattr(export, "optimize_model", broken_optimizer)
+    registry = open_registry(settings)
+    release(healthy_run, NAME, settings, registry, promote=True)
+    spec = load_spec(registry.bundle_path(NAME))
+    assert spec.fusion == {
+        "fused": False,
+        "reason": "graph fusion failed (ValueError: pattern not supported); the unfused graph ships",
+    }
+    graph = onnx.load(str(registry.bundle_path(NAME) / spec.onnx_fp32)).graph
+    assert "Attention" not in {n.op_type for n in graph.node}
+    classifier = OnnxClassifier(registry.bundle_path(NAME), precision="fp32")
+    classifier.load()
+    run = RunDirectory.open(healthy_run)
+    assert [a.label for a in classifier.predict(run.validation.texts)] == [
+        run.label_names[i] for i in run.validation_predictions
+    ]
 
 
 def test_the_served_model_answers_like_the_trained_one(healthy_run: Path, settings: Settings) -> None:
