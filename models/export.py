@@ -6,8 +6,9 @@ of extreme shapes. A failed check raises ExportError, which blocks like a failed
 
 The graph is exported from the eager attention path and then fused into ONNX Runtime's BERT
 kernels (Attention, SkipLayerNormalization, BiasGelu): the SDPA export hides the attention
-pattern from the fusions, and unfused attention was most of the gap to 2x PyTorch speed. The
-parity check runs on the fused graph, so a fusion that changed the outputs blocks the export.
+pattern from the fusions, and fewer, larger operators cost less per call (docs/BENCHMARKS.md,
+section 5). The parity check runs on the fused graph, so a fusion that changed the outputs
+blocks the export.
 """
 
 from __future__ import annotations
