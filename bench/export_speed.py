@@ -30,6 +30,7 @@ from transformers import AutoModelForSequenceClassification
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, sms_model
+from models.export import torch_logits
 from models.runtime import load_tokenizer, run_logits, session_options
 from training.evaluation import macro_f1
 
@@ -128,22 +129,9 @@ def main() -> None:
     for name, session in sessions.items():
         logits = run_logits(session, ids)
         quality[name] = macro_f1(truth, np.argmax(logits / spec["temperature"] + bias, axis=1), len(labels))
-    eager_logits = []
-    with torch.inference_mode():
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        out = np.zeros((len(ids), len(labels)), dtype=np.float32)
-        for start in range(0, len(order), 64):
-            chunk = order[start : start + 64]
-            width = max(len(ids[i]) for i in chunk)
-            x = np.zeros((len(chunk), width), dtype=np.int64)
-            m = np.zeros_like(x)
-            for r, i in enumerate(chunk):
-                x[r, : len(ids[i])] = ids[i]
-                m[r, : len(ids[i])] = 1
-            out[chunk] = eager(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(m)).logits.numpy()
-        eager_logits.append(out)
+    eager_logits = torch_logits(eager, ids)  # the same length-sorted batches of 64 the export's parity check uses
     quality["pytorch_eager"] = macro_f1(
-        truth, np.argmax(eager_logits[0] / spec["temperature"] + bias, axis=1), len(labels)
+        truth, np.argmax(eager_logits / spec["temperature"] + bias, axis=1), len(labels)
     )
     results = {
         "command": "python bench/export_speed.py" + (" --quick" if ns.quick else ""),
