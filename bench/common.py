@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fitgate.settings import Settings
-from models.gate import open_registry, release
+from models.gate import release
 from models.names import ModelName
+from models.registry import open_registry
 from models.runtime import OnnxClassifier
 from training.arguments import TrainingArguments
 from training.data import LabelledData, read_labelled_file, write_labelled_csv

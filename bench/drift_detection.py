@@ -65,7 +65,7 @@ class Outputs:
 
 
 def classify(classifier: OnnxClassifier, data: LabelledData) -> Outputs:
-    c = classifier.classify(data.texts)
+    c = classifier.predict(data.texts)
     return Outputs(
         c.chosen, c.probabilities, c.confidence, np.array(c.input_tokens), np.array(c.unknown_rate), data.labels
     )
@@ -190,7 +190,7 @@ def tempered(outputs: Outputs, drop: float) -> Outputs:
 def overhead(classifier: OnnxClassifier, run_dir: Path, settings: Settings, texts: list[str]) -> dict[str, float]:
     assert classifier.spec is not None
     monitor = ModelMonitor("bench/sms", "bench", classifier.spec, classifier.served_graph, settings)
-    batches = [classifier.classify([t]) for t in texts[:200]]
+    batches = [classifier.predict([t]) for t in texts[:200]]
     started = time.perf_counter()
     for t in texts[:200]:
         classifier.predict([t])

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, sms_model
 from models.export import torch_logits
 from models.runtime import load_tokenizer, run_logits, session_options
+from training.decision import decide
 from training.evaluation import macro_f1
 
 SHAPES = [(1, 32), (1, 128), (32, 32), (32, 128)]
@@ -127,12 +128,10 @@ def main() -> None:
     bias = np.array(spec["class_bias"])
     quality: dict[str, float] = {}
     for name, session in sessions.items():
-        logits = run_logits(session, ids)
-        quality[name] = macro_f1(truth, np.argmax(logits / spec["temperature"] + bias, axis=1), len(labels))
+        logits = run_logits(session, ids, spec.get("pad_id", 0))
+        quality[name] = macro_f1(truth, decide(logits, spec["temperature"], bias), len(labels))
     eager_logits = torch_logits(eager, ids)  # the same length-sorted batches of 64 the export's parity check uses
-    quality["pytorch_eager"] = macro_f1(
-        truth, np.argmax(eager_logits / spec["temperature"] + bias, axis=1), len(labels)
-    )
+    quality["pytorch_eager"] = macro_f1(truth, decide(eager_logits, spec["temperature"], bias), len(labels))
     results = {
         "command": "python bench/export_speed.py" + (" --quick" if ns.quick else ""),
         "date": time.strftime("%Y-%m-%d"),

@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, sms_model
 from bench.serving_speed import _free_port, server
 from fitgate.settings import Settings
-from models.gate import open_registry, release
+from models.gate import release
 from models.names import ModelName
+from models.registry import open_registry
 
 NAME = ModelName.parse("bench/load")
 

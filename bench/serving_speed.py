@@ -90,7 +90,7 @@ def raw_onnx(model: SmsModel, texts: list[str], seconds: float) -> dict[str, flo
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         for i in range(0, len(texts), batch):
-            classifier.classify(texts[i : i + batch])
+            classifier.predict(texts[i : i + batch])
             done += len(texts[i : i + batch])
     elapsed = time.perf_counter() - started
     return {"texts_per_second": done / elapsed, "batch": batch, "graph": classifier.served_graph}

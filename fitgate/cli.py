@@ -43,9 +43,23 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
             dest=name,
             default=argparse.SUPPRESS,
             choices=choices,
+            type=_none_or_text if _admits_none(info.annotation) else str,
             metavar=None if choices else "VALUE",
             help=help_text,
         )
+
+
+def _admits_none(annotation: object) -> bool:
+    """Whether a field is optional (``int | None``): only there does the word "none" mean null.
+
+    A literal option may have "none" as one of its values (``--class-weighting none``), which must
+    reach validation as the string.
+    """
+    return type(None) in typing.get_args(annotation)
+
+
+def _none_or_text(value: str) -> str | None:
+    return None if value.lower() in ("none", "null") else value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +134,8 @@ def _default_model_name(output: Path) -> ModelName:
 
 
 def _release(run_dir: Path, name: ModelName, promote: bool) -> int:
-    from models.gate import open_registry, release
+    from models.gate import release
+    from models.registry import open_registry
 
     settings = Settings()
     try:
@@ -152,7 +167,7 @@ def _finetune(ns: argparse.Namespace) -> int:
     }
     name = ModelName.parse(ns.model_name) if ns.model_name else _default_model_name(ns.output)
     given = {k: v for k, v in vars(ns).items() if k not in reserved}
-    args = parse_arguments({k: None if str(v).lower() in ("none", "null") else v for k, v in given.items()})
+    args = parse_arguments(given)
     result = fine_tune(
         ns.data,
         ns.output,
@@ -173,7 +188,7 @@ def _finetune(ns: argparse.Namespace) -> int:
 
 
 def _models(ns: argparse.Namespace) -> int:
-    from models.gate import open_registry
+    from models.registry import open_registry
 
     registry = open_registry(Settings())
     if ns.action == "list":

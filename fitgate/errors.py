@@ -1,26 +1,40 @@
-"""The one error hierarchy of fitgate.
+"""The one error hierarchy of fitgate: every error class the service can raise.
 
 Every error a user can cause carries the HTTP status it maps to and a message that says
-what was expected, what was found and what to do. Third-party failures (torch, tokenizers,
-file I/O) are wrapped at the boundary with ``raise ... from exc``.
+what was expected, what was found and what to do. Third-party failures (torch, ONNX Runtime,
+tokenizers, file I/O) are wrapped at the boundary with ``raise ... from exc``. The service
+turns them into JSON in one place (``service/http_errors.py``).
 
     FitgateError (500)
+    ├── Unauthorized (401)         no or an unknown API token
+    ├── Forbidden (403)            the token lacks the role, or its team does not own the model or job
+    ├── PayloadTooLarge (413)      a request body over its configured limit
+    ├── InvalidRequest (422)       a request field is invalid (the message names it)
     ├── DataError (422)            the uploaded data cannot be trained on
     │   └── DataFormatError (422)  the file cannot be read as a table at all
     ├── ArgumentsError (422)       a training argument is out of bounds
+    │   └── DeviceUnavailable (422) the requested training device is not on this server
     ├── ModelLoadError (422)       the base model cannot be loaded
-    ├── TrainingCancelled (409)    the run was cancelled between two steps
+    ├── RunDirectoryError (422)    a folder given as a run directory is not a complete run
     ├── InvalidModelName (422)     a model name is not team/name in the allowed alphabet
-    ├── ModelNotFound (404)        no such model or version in the registry
-    ├── RegistryConflict (409)     the registry cannot do that now (e.g. nothing to roll back to)
     ├── GateBlocked (422)          diagnosis refused the run: nothing is exported
+    ├── ModelNotFound (404)        no such model or version in the registry
+    ├── JobNotFound (404)          no such job, or one of another team's, or a job file not written yet
+    ├── RegistryConflict (409)     the registry cannot do that now (e.g. nothing to roll back to)
+    ├── JobConflict (409)          the job is in a state that does not allow this (e.g. cancel a finished one)
+    ├── TrainingCancelled (409)    the run was cancelled between two steps
+    ├── NoModelDeployed (503)      nothing is promoted yet, so /predict has no model to answer with
+    ├── ConfigurationError (500)   an operator setting is invalid (the message names it)
     ├── ExportError (500)          export or its parity check failed: nothing is registered
     │   └── BundleCorrupt (500)    a bundle's files do not match its manifest
+    ├── InferenceError (500)       ONNX Runtime or the tokenizer failed on a loaded bundle
     └── OutOfResources (507)       the server ran out of memory or disk: the message says what to shrink or free
         ├── OutOfMemory (507)      the training process could not allocate memory
         └── DiskFull (507)         a write failed for lack of space: nothing half-written is kept
 
-``OutOfResources`` messages name no server path: they are shown to the user as a job's reason.
+Messages of 5xx errors other than ``OutOfResources`` stay in the server log: they name paths
+and library internals. ``OutOfResources`` messages name no server path: they are shown to the
+user as a job's reason.
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Iterator
+from typing import Any, Protocol
 
 
 class FitgateError(Exception):
@@ -40,6 +55,29 @@ class FitgateError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    @property
+    def user_facing(self) -> bool:
+        """Whether the message may be shown to a client (server-side detail stays in the log)."""
+        return self.status_code < 500 or isinstance(self, OutOfResources)
+
+
+class Unauthorized(FitgateError):
+    status_code = 401
+
+
+class Forbidden(FitgateError):
+    status_code = 403
+
+
+class PayloadTooLarge(FitgateError):
+    status_code = 413
+
+
+class InvalidRequest(FitgateError):
+    """A request field is invalid: the message names the field, the value and the fix."""
+
+    status_code = 422
 
 
 class DataError(FitgateError):
@@ -58,16 +96,20 @@ class ArgumentsError(FitgateError):
     status_code = 422
 
 
+class DeviceUnavailable(ArgumentsError):
+    """The ``device`` argument names a device this server does not have (``cuda`` on a CPU server)."""
+
+
 class ModelLoadError(FitgateError):
     """The base model or its tokenizer could not be loaded."""
 
     status_code = 422
 
 
-class TrainingCancelled(FitgateError):
-    """Raised at a step boundary after a cancel request; nothing is exported."""
+class RunDirectoryError(FitgateError):
+    """A folder given as a run directory lacks files a finished run writes."""
 
-    status_code = 409
+    status_code = 422
 
 
 class InvalidModelName(FitgateError):
@@ -76,7 +118,32 @@ class InvalidModelName(FitgateError):
     status_code = 422
 
 
+class Verdict(Protocol):
+    """What the gate's refusal carries: ``training.diagnosis.Diagnosis`` has this shape."""
+
+    @property
+    def passed(self) -> bool: ...
+
+    def summary(self) -> str: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+class GateBlocked(FitgateError):
+    """Diagnosis found the run overfit, underfit, without skill or degenerate; carries that diagnosis."""
+
+    status_code = 422
+
+    def __init__(self, diagnosis: Verdict) -> None:
+        super().__init__(diagnosis.summary())
+        self.diagnosis = diagnosis
+
+
 class ModelNotFound(FitgateError):
+    status_code = 404
+
+
+class JobNotFound(FitgateError):
     status_code = 404
 
 
@@ -84,10 +151,24 @@ class RegistryConflict(FitgateError):
     status_code = 409
 
 
-class GateBlocked(FitgateError):
-    """Diagnosis found the run overfit, underfit, without skill or degenerate."""
+class JobConflict(FitgateError):
+    status_code = 409
 
-    status_code = 422
+
+class TrainingCancelled(FitgateError):
+    """Raised at a step boundary after a cancel request; nothing is exported."""
+
+    status_code = 409
+
+
+class NoModelDeployed(FitgateError):
+    status_code = 503
+
+
+class ConfigurationError(FitgateError):
+    """An operator setting (FITGATE_*) cannot be used as given."""
+
+    status_code = 500
 
 
 class ExportError(FitgateError):
@@ -98,6 +179,12 @@ class ExportError(FitgateError):
 
 class BundleCorrupt(ExportError):
     """A bundle on disk does not match its checksum manifest: refuse to serve it."""
+
+
+class InferenceError(FitgateError):
+    """ONNX Runtime or the tokenizer failed on a bundle that loaded (a server-side fault)."""
+
+    status_code = 500
 
 
 class OutOfResources(FitgateError):

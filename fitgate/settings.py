@@ -109,5 +109,23 @@ class Settings(BaseSettings):
     drift_alarm_hold_requests: int = Field(1000, ge=1)
     """Requests a detector reports drift for after its latest alarm."""
 
+    # --- where things live under data_dir: written here once, used everywhere ----------------
+
     def bentoml_home(self) -> Path:
         return self.model_store or self.data_dir / "bentoml"
+
+    @property
+    def jobs_database(self) -> Path:
+        return self.data_dir / "jobs.db"
+
+    @property
+    def registry_database(self) -> Path:
+        return self.data_dir / "registry.db"
+
+    def run_dir(self, job_id: str) -> Path:
+        """A job's run directory (its layout: ``training/rundir.py``)."""
+        return self.data_dir / "runs" / job_id
+
+    def upload_dir(self, job_id: str) -> Path:
+        """Where a job's upload and its training process's logs are kept."""
+        return self.data_dir / "uploads" / job_id

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fitgate.errors import BundleCorrupt
 
@@ -42,16 +42,17 @@ class ReferenceStatistics(BaseModel):
 
 
 class BundleSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # extra="ignore": bundles written before a field was dropped (``input_names``) still load
+    model_config = ConfigDict(extra="ignore")
 
-    format: int = BUNDLE_FORMAT
+    format: int = BUNDLE_FORMAT  # load_spec refuses a newer format than this server understands
     labels: list[str]
     max_length: int
+    pad_id: int = 0  # the tokenizer's padding id (absent in older bundles, all of them BERT vocabularies: 0)
     temperature: float
     class_bias: list[float]
     onnx_fp32: str
     onnx_int8: str | None
-    input_names: list[str]
     reference: ReferenceStatistics  # outputs of the fp32 graph
     reference_int8: ReferenceStatistics | None = None  # outputs of the int8 graph, when it ships
     parity: dict[str, Any]
@@ -96,4 +97,14 @@ def verify_manifest(bundle_dir: Path) -> None:
 
 
 def load_spec(bundle_dir: Path) -> BundleSpec:
-    return BundleSpec.model_validate_json((bundle_dir / SPEC).read_text())
+    """The bundle's spec; a bundle of a newer format than this server knows is refused, not misread."""
+    try:
+        spec = BundleSpec.model_validate_json((bundle_dir / SPEC).read_text())
+    except (OSError, ValidationError) as exc:
+        raise BundleCorrupt(f"bundle {bundle_dir} has no readable {SPEC}: {exc}") from exc
+    if spec.format > BUNDLE_FORMAT:
+        raise BundleCorrupt(
+            f"bundle {bundle_dir} has format {spec.format}, newer than this server's {BUNDLE_FORMAT}: "
+            "upgrade the server before promoting it"
+        )
+    return spec

@@ -35,9 +35,11 @@ from fitgate.errors import ExportError, is_disk_full
 from fitgate.settings import Settings
 from models.bundle import SPEC, BundleSpec, ReferenceStatistics, sha256_file, write_manifest
 from models.runtime import encode, load_tokenizer, run_logits, session_options
+from training.decision import decide, softmax
 from training.diagnosis import Diagnosis
-from training.evaluation import macro_f1, predict, softmax
-from training.rundir import RunDirectory
+from training.evaluation import macro_f1
+from training.padding import pad_batch
+from training.rundir import REPORT_FILES, RunDirectory
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,6 @@ QUANTILE_LEVELS = [round(q, 2) for q in np.linspace(0.0, 1.0, 21)]
 REFERENCE_SAMPLE = 2000  # validation examples kept per scalar; drift detectors resample them
 REFERENCE_PROBABILITY_CELLS = 200_000  # caps the probability sample for large label sets
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-REPORT_FILES = ("report.json", "curves.json", "diagnosis.json", "learning_curves.png", "confusion_matrix.png")
 FUSABLE_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert")  # what ONNX Runtime's "bert" fusions know
 
 
@@ -100,17 +101,15 @@ def fuse_graph(model: PreTrainedModel, path: Path) -> dict[str, Any]:
 
 @torch.no_grad()
 def torch_logits(model: PreTrainedModel, ids: list[list[int]], batch_size: int = 64) -> np.ndarray:
+    """PyTorch's logits in input order: the reference the ONNX graph is checked against."""
+    pad_id = int(model.config.pad_token_id or 0)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = np.zeros((len(ids), int(model.config.num_labels or 0)), dtype=np.float32)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        width = max(len(ids[i]) for i in chunk)
-        input_ids = torch.zeros((len(chunk), width), dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-            mask[row, : len(ids[i])] = 1
-        out[chunk] = model(input_ids=input_ids, attention_mask=mask).logits.numpy()
+        input_ids, mask = pad_batch([ids[i] for i in chunk], pad_id)
+        logits = model(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(mask)).logits
+        out[chunk] = logits.numpy()
     return out
 
 
@@ -134,13 +133,14 @@ def check_parity(
     model: PreTrainedModel, session: ort.InferenceSession, ids: list[list[int]], run: RunDirectory, s: Settings
 ) -> dict[str, Any]:
     t, bias = run.temperature, run.class_bias
-    ref, got = torch_logits(model, ids), run_logits(session, ids)
-    agreement = float((predict(ref, t, bias) == predict(got, t, bias)).mean())
+    pad_id = int(model.config.pad_token_id or 0)
+    ref, got = torch_logits(model, ids), run_logits(session, ids, pad_id)
+    agreement = float((decide(ref, t, bias) == decide(got, t, bias)).mean())
     max_diff = float(np.abs(softmax(ref, t) - softmax(got, t)).max())
     sweep = []
     max_length = run.arguments.max_length
     for batch in _shape_sweep_inputs(int(model.config.vocab_size), max_length, run.arguments.seed):
-        expected, actual = torch_logits(model, batch, 256), run_logits(session, batch, 256)
+        expected, actual = torch_logits(model, batch, 256), run_logits(session, batch, pad_id, 256)
         diff = float(np.abs(softmax(expected, t) - softmax(actual, t)).max())
         widths = {len(x) for x in batch}
         sweep.append({"batch": len(batch), "sequence": max(widths), "padded": len(widths) > 1, "max_abs_diff": diff})
@@ -163,7 +163,13 @@ def check_parity(
 
 
 def try_int8(
-    fp32_path: Path, int8_path: Path, ids: list[list[int]], fp32_logits: np.ndarray, run: RunDirectory, s: Settings
+    fp32_path: Path,
+    int8_path: Path,
+    ids: list[list[int]],
+    pad_id: int,
+    fp32_logits: np.ndarray,
+    run: RunDirectory,
+    s: Settings,
 ) -> tuple[dict[str, Any], np.ndarray | None]:
     """Dynamic int8 quantization, kept only if validation quality holds; the reason is recorded either way.
 
@@ -190,12 +196,12 @@ def try_int8(
     finally:
         root.setLevel(level)
     session = ort.InferenceSession(str(int8_path), session_options(), providers=["CPUExecutionProvider"])
-    int8_logits = run_logits(session, ids)
+    int8_logits = run_logits(session, ids, pad_id)
     t, bias, k = run.temperature, run.class_bias, len(run.label_names)
     labels = run.validation_labels
-    f1_fp32 = macro_f1(labels, predict(fp32_logits, t, bias), k)
-    f1_int8 = macro_f1(labels, predict(int8_logits, t, bias), k)
-    agreement = float((predict(fp32_logits, t, bias) == predict(int8_logits, t, bias)).mean())
+    f1_fp32 = macro_f1(labels, decide(fp32_logits, t, bias), k)
+    f1_int8 = macro_f1(labels, decide(int8_logits, t, bias), k)
+    agreement = float((decide(fp32_logits, t, bias) == decide(int8_logits, t, bias)).mean())
     result: dict[str, Any] = {
         "val_macro_f1_fp32": f1_fp32,
         "val_macro_f1_int8": f1_int8,
@@ -220,7 +226,7 @@ def reference_statistics(
     logits: np.ndarray, lengths: list[int], unknown_rate: list[float], truncated: list[bool], run: RunDirectory
 ) -> ReferenceStatistics:
     probs = softmax(logits, run.temperature)
-    chosen = predict(logits, run.temperature, run.class_bias)
+    chosen = decide(logits, run.temperature, run.class_bias)
     confidence = probs[np.arange(len(chosen)), chosen]
     rng = np.random.default_rng(run.arguments.seed)
     sample = rng.permutation(len(chosen))[:REFERENCE_SAMPLE]
@@ -285,10 +291,13 @@ def build_bundle(run: RunDirectory, diagnosis: Diagnosis, dest: Path, settings: 
     tokenizer = load_tokenizer(dest / "tokenizer", max_length)
     encoded = encode(tokenizer, run.validation.texts, tokenizer.token_to_id("[UNK]"))
 
+    pad_id = int(model.config.pad_token_id or 0)
     session = ort.InferenceSession(str(fp32_path), session_options(), providers=["CPUExecutionProvider"])
     parity = check_parity(model, session, encoded.ids, run, settings)
-    fp32_logits = run_logits(session, encoded.ids)
-    quantization, int8_logits = try_int8(fp32_path, dest / "model.int8.onnx", encoded.ids, fp32_logits, run, settings)
+    fp32_logits = run_logits(session, encoded.ids, pad_id)
+    quantization, int8_logits = try_int8(
+        fp32_path, dest / "model.int8.onnx", encoded.ids, pad_id, fp32_logits, run, settings
+    )
     lengths = [len(x) for x in encoded.ids]
     (dest / "report").mkdir()
     for name in REPORT_FILES:
@@ -302,7 +311,7 @@ def build_bundle(run: RunDirectory, diagnosis: Diagnosis, dest: Path, settings: 
         class_bias=run.class_bias.tolist(),
         onnx_fp32=fp32_path.name,
         onnx_int8="model.int8.onnx" if quantization["kept"] else None,
-        input_names=INPUT_NAMES,
+        pad_id=pad_id,
         reference=reference_statistics(fp32_logits, lengths, encoded.unknown_rate, encoded.truncated, run),
         reference_int8=(
             reference_statistics(int8_logits, lengths, encoded.unknown_rate, encoded.truncated, run)

@@ -11,14 +11,12 @@ step raises DiskFull, and the registry's current version stays as it was.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from fitgate.errors import DiskFull, GateBlocked, is_disk_full
-from fitgate.files import write_text_atomic
 from fitgate.settings import Settings
 from models.export import build_bundle
 from models.names import ModelName
@@ -26,8 +24,6 @@ from models.registry import Registry
 from training.diagnosis import Diagnosis, diagnose_run
 from training.progress import Progress, ProgressCallback, ignore_progress
 from training.rundir import RunDirectory
-
-DIAGNOSIS_FILE = "diagnosis.json"
 
 
 @dataclass(frozen=True)
@@ -40,7 +36,7 @@ class Released:
 
 def diagnose_and_record(run: RunDirectory, settings: Settings) -> Diagnosis:
     diagnosis = diagnose_run(run, settings)
-    write_text_atomic(run.path / DIAGNOSIS_FILE, json.dumps(diagnosis.to_dict(), indent=2))
+    run.write_diagnosis(diagnosis.to_dict())
     return diagnosis
 
 
@@ -59,7 +55,7 @@ def release(
         on_progress(Progress("diagnosing"))
         diagnosis = diagnose_and_record(run, settings)
         if not diagnosis.passed:
-            raise GateBlocked(diagnosis.summary())
+            raise GateBlocked(diagnosis)
         on_progress(Progress("exporting"))
         with tempfile.TemporaryDirectory(prefix=".bundle-staging-", dir=run.path) as staging:
             bundle = Path(staging) / "bundle"
@@ -86,7 +82,3 @@ def release(
                 ) from exc
             raise
     return Released(name, version, promote, diagnosis)
-
-
-def open_registry(settings: Settings) -> Registry:
-    return Registry(settings.bentoml_home(), settings.data_dir / "registry.db", settings.sqlite_journal_mode)

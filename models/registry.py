@@ -28,6 +28,7 @@ import bentoml
 from bentoml._internal.models.model import ModelStore
 
 from fitgate.errors import ModelNotFound, RegistryConflict
+from fitgate.settings import Settings
 from fitgate.sqlite import connect
 from models.bundle import BundleSpec, load_spec
 from models.names import ModelName
@@ -189,3 +190,8 @@ class Registry:
 
     def spec(self, name: ModelName, version: str | None = None) -> BundleSpec:
         return load_spec(self.bundle_path(name, version))
+
+
+def open_registry(settings: Settings) -> Registry:
+    """The registry of this deployment: the store under ``bentoml_home()``, the pointers in its database."""
+    return Registry(settings.bentoml_home(), settings.registry_database, settings.sqlite_journal_mode)

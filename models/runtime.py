@@ -1,7 +1,9 @@
 """The serving runtime: a verified bundle on ONNX Runtime, ``load()``, ``predict()``, ``ready``.
 
 Probabilities are ``softmax(logits / temperature)`` (calibrated); the label is
-``argmax(logits / temperature + class_bias)`` (the decision rule tuned on validation).
+``argmax(logits / temperature + class_bias)`` (the decision rule tuned on validation), both
+from ``training/decision.py``. This module is the whole predict path below HTTP: it imports
+ONNX Runtime, the ``tokenizers`` library and numpy, never torch or transformers.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from fitgate.errors import BundleCorrupt, InferenceError
 from models.bundle import BundleSpec, load_spec, verify_manifest
+from training.decision import decide, softmax
+from training.padding import pad_batch
 
 DEFAULT_BATCH = 64
 PADDING_SLACK = 0.5  # a batch's padded cells stay within 1.5x its real tokens (see length_batches)
@@ -27,9 +32,18 @@ class Encoded:
 
 
 @dataclass(frozen=True)
-class Classified:
-    """One batch's outputs as arrays: what the predict response and the monitors are built from."""
+class Prediction:
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    truncated: bool
 
+
+@dataclass(frozen=True)
+class Predictions:
+    """One ``predict()`` call's outputs as arrays: the response and the monitors are both built from it."""
+
+    labels: list[str]  # the model's class names, in logit order
     probabilities: np.ndarray  # (n, K), calibrated
     chosen: np.ndarray  # (n,) class index under the decision rule
     input_tokens: list[int]
@@ -40,20 +54,22 @@ class Classified:
     def confidence(self) -> np.ndarray:
         return self.probabilities[np.arange(len(self.chosen)), self.chosen]
 
+    def answers(self) -> list[Prediction]:
+        """One ``Prediction`` per text, in input order."""
+        return [
+            Prediction(
+                label=self.labels[c],
+                confidence=float(p[c]),
+                probabilities={name: float(v) for name, v in zip(self.labels, p, strict=True)},
+                truncated=t,
+            )
+            for c, p, t in zip(self.chosen, self.probabilities, self.truncated, strict=True)
+        ]
 
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
-    truncated: bool
 
-
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+def session_options() -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
     return options
 
 
@@ -101,17 +117,14 @@ def length_batches(lengths: list[int], batch_size: int, slack: float = PADDING_S
     return [*batches, batch] if batch else batches
 
 
-def run_logits(session: ort.InferenceSession, ids: list[list[int]], batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+def run_logits(
+    session: ort.InferenceSession, ids: list[list[int]], pad_id: int, batch_size: int = DEFAULT_BATCH
+) -> np.ndarray:
     """Logits in input order, computed in batches of similar length (``length_batches``)."""
     names = {i.name for i in session.get_inputs()}
     out: np.ndarray | None = None
     for chunk in length_batches([len(x) for x in ids], batch_size):
-        width = max(len(ids[i]) for i in chunk)
-        input_ids = np.zeros((len(chunk), width), dtype=np.int64)
-        mask = np.zeros((len(chunk), width), dtype=np.int64)
-        for row, i in enumerate(chunk):
-            input_ids[row, : len(ids[i])] = ids[i]
-            mask[row, : len(ids[i])] = 1
+        input_ids, mask = pad_batch([ids[i] for i in chunk], pad_id)
         feed = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in names:
             feed["token_type_ids"] = np.zeros_like(input_ids)
@@ -125,21 +138,31 @@ def run_logits(session: ort.InferenceSession, ids: list[list[int]], batch_size: 
 class OnnxClassifier:
     """One bundle loaded for serving. Construct, ``load()``, then ``predict()`` from any thread."""
 
-    def __init__(self, bundle_dir: Path, *, precision: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, bundle_dir: Path, *, precision: str = "auto") -> None:
         self.bundle_dir = Path(bundle_dir)
         self.precision = precision
-        self.threads = threads
-        self.spec: BundleSpec | None = None
+        self._spec: BundleSpec | None = None
         self._session: ort.InferenceSession | None = None
         self._tokenizer: Tokenizer | None = None
         self._unk_id: int | None = None
+        self.served_graph = ""
 
     @property
     def ready(self) -> bool:
         return self._session is not None
 
+    @property
+    def spec(self) -> BundleSpec:
+        if self._spec is None:
+            raise InferenceError(f"bundle {self.bundle_dir} is not loaded: call load() first")
+        return self._spec
+
     def load(self) -> None:
-        """Verify checksums, then build the session; int8 on CPU when the bundle kept it."""
+        """Verify checksums, then build the session; int8 on CPU when the bundle kept it.
+
+        A bundle whose files pass their checksums but that the tokenizer or ONNX Runtime cannot
+        read (a file written by an incompatible version) is refused as corrupt, with the cause.
+        """
         verify_manifest(self.bundle_dir)
         spec = load_spec(self.bundle_dir)
         chosen = providers()
@@ -147,43 +170,38 @@ class OnnxClassifier:
             self.precision == "int8" or (self.precision == "auto" and chosen[0] == "CPUExecutionProvider")
         )
         graph = spec.onnx_int8 if use_int8 and spec.onnx_int8 else spec.onnx_fp32
-        self._tokenizer = load_tokenizer(self.bundle_dir / "tokenizer", spec.max_length)
-        self._unk_id = self._tokenizer.token_to_id("[UNK]")
-        self._session = ort.InferenceSession(
-            str(self.bundle_dir / graph), sess_options=session_options(self.threads), providers=chosen
-        )
-        self.spec = spec
-        self.served_graph = graph
-
-    def encode(self, texts: list[str]) -> Encoded:
-        assert self._tokenizer is not None, "call load() first"
-        return encode(self._tokenizer, texts, self._unk_id)
-
-    def logits(self, ids: list[list[int]]) -> np.ndarray:
-        assert self._session is not None, "call load() first"
-        return run_logits(self._session, ids)
-
-    def classify(self, texts: list[str]) -> Classified:
-        assert self.spec is not None, "call load() first"
-        encoded = self.encode(texts)
-        scaled = self.logits(encoded.ids) / self.spec.temperature
-        probs = np.exp(scaled - scaled.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
-        chosen = np.argmax(scaled + np.array(self.spec.class_bias), axis=1)
-        return Classified(probs, chosen, [len(i) for i in encoded.ids], encoded.unknown_rate, encoded.truncated)
-
-    def predictions(self, classified: Classified) -> list[Prediction]:
-        assert self.spec is not None, "call load() first"
-        labels = self.spec.labels
-        return [
-            Prediction(
-                label=labels[c],
-                confidence=float(p[c]),
-                probabilities={name: float(v) for name, v in zip(labels, p, strict=True)},
-                truncated=t,
+        try:
+            tokenizer = load_tokenizer(self.bundle_dir / "tokenizer", spec.max_length)
+        except Exception as exc:  # tokenizers raises plain Exception subclasses with its own messages
+            raise BundleCorrupt(f"bundle {self.bundle_dir}: its tokenizer cannot be loaded ({exc})") from exc
+        try:
+            session = ort.InferenceSession(
+                str(self.bundle_dir / graph), sess_options=session_options(), providers=chosen
             )
-            for c, p, t in zip(classified.chosen, classified.probabilities, classified.truncated, strict=True)
-        ]
+        except Exception as exc:  # onnxruntime's errors share no public base class
+            raise BundleCorrupt(f"bundle {self.bundle_dir}: ONNX Runtime cannot load {graph} ({exc})") from exc
+        self._tokenizer, self._unk_id = tokenizer, tokenizer.token_to_id("[UNK]")
+        self._spec, self.served_graph = spec, graph
+        self._session = session
 
-    def predict(self, texts: list[str]) -> list[Prediction]:
-        return self.predictions(self.classify(texts))
+    def predict(self, texts: list[str]) -> Predictions:
+        """Tokenize, run the graph, calibrate and decide; failures of either library raise InferenceError."""
+        if self._session is None or self._tokenizer is None:
+            raise InferenceError(f"bundle {self.bundle_dir} is not loaded: call load() first")
+        spec = self.spec
+        try:
+            encoded = encode(self._tokenizer, texts, self._unk_id)
+        except Exception as exc:
+            raise InferenceError(f"the tokenizer of {self.bundle_dir} failed: {exc}") from exc
+        try:
+            logits = run_logits(self._session, encoded.ids, spec.pad_id)
+        except Exception as exc:
+            raise InferenceError(f"ONNX Runtime failed on {self.bundle_dir / self.served_graph}: {exc}") from exc
+        return Predictions(
+            labels=spec.labels,
+            probabilities=softmax(logits, spec.temperature),
+            chosen=decide(logits, spec.temperature, spec.class_bias),
+            input_tokens=[len(i) for i in encoded.ids],
+            unknown_rate=encoded.unknown_rate,
+            truncated=encoded.truncated,
+        )

@@ -16,10 +16,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from fitgate.errors import FitgateError
+from fitgate.errors import ConfigurationError, Forbidden, Unauthorized
 from fitgate.settings import Settings
 from models.names import ModelName
-from service.errors import Forbidden, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ def load_tokens(settings: Settings) -> list[TokenEntry]:
     try:
         return TypeAdapter(list[TokenEntry]).validate_python(json.loads(raw))
     except (json.JSONDecodeError, ValidationError) as exc:
-        raise FitgateError(f"FITGATE_TOKENS is not a valid token list: {exc}") from exc
+        raise ConfigurationError(f"FITGATE_TOKENS is not a valid token list: {exc}") from exc
 
 
 def is_loopback(host: str | None) -> bool:

@@ -35,7 +35,6 @@ stays true while it lasts and clears ``hold`` requests after it ends.
 
 from __future__ import annotations
 
-import bisect
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -59,6 +58,18 @@ VARIANCE_FLOOR = 1e-6
 def uniform_ewma_sd(smoothing: float) -> float:
     """Standard deviation of an EWMA of Uniform(0, 1) values: the scale of the percentile detectors."""
     return math.sqrt(smoothing / (2 - smoothing) / 12)
+
+
+def percentile_rank(ordered: np.ndarray, values: np.ndarray | float, tie_share: np.ndarray | float) -> np.ndarray:
+    """Share of the sorted reference below ``values``, with ``tie_share`` of the equal ones counted below.
+
+    The one percentile rule: ``tie_share`` 0.5 counts ties half (a plain mid-rank), a Uniform(0, 1)
+    draw makes it the randomized probability integral transform, exactly uniform on the reference
+    even when values repeat (lengths, rounded confidences).
+    """
+    below = np.searchsorted(ordered, values, side="left")
+    at_or_below = np.searchsorted(ordered, values, side="right")
+    return np.asarray((below + tie_share * (at_or_below - below)) / len(ordered))
 
 
 def smoothed_shares(shares: np.ndarray) -> np.ndarray:
@@ -123,7 +134,7 @@ class ScalarDrift(Detector):
             raise ValueError(f"{name}: the reference sample is empty")
         self.name = name
         self.step = RESOLUTION.get(name)
-        self.reference = sorted(coarsen(name, np.asarray(reference, dtype=float)).tolist())
+        self.reference = np.sort(coarsen(name, np.asarray(reference, dtype=float)))
         self.scale = uniform_ewma_sd(smoothing)
         self._random = random.Random(seed)
         super().__init__(smoothing, threshold, hold)
@@ -136,10 +147,7 @@ class ScalarDrift(Detector):
         """Randomized PIT: exactly Uniform(0, 1) when ``value`` is drawn from the reference."""
         if self.step:
             value = round(value / self.step) * self.step
-        n = len(self.reference)
-        below = bisect.bisect_left(self.reference, value)
-        at_or_below = bisect.bisect_right(self.reference, value, lo=below)
-        return (below + self._random.random() * (at_or_below - below)) / n
+        return float(percentile_rank(self.reference, value, self._random.random()))
 
     def update(self, value: float) -> bool:
         self.mean += self.smoothing * (self.percentile(value) - self.mean)
@@ -248,11 +256,8 @@ def _bootstrap_streams(sample: np.ndarray, rng: np.random.Generator, streams: in
 
 def _rank_maxima(sample: np.ndarray, smoothing: float, rng: np.random.Generator, streams: int) -> np.ndarray:
     ordered = np.sort(sample)
-    n = len(ordered)
     values = _bootstrap_streams(ordered, rng, streams)
-    below = np.searchsorted(ordered, values, side="left")
-    at_or_below = np.searchsorted(ordered, values, side="right")
-    u = (below + rng.random(values.shape) * (at_or_below - below)) / n
+    u = percentile_rank(ordered, values, rng.random(values.shape))
     ewma = lfilter([smoothing], [1, -(1 - smoothing)], u - 0.5, axis=1)
     return np.abs(ewma).max(axis=1) / uniform_ewma_sd(smoothing)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fitgate.errors import FitgateError, ModelNotFound, RegistryConflict
+from fitgate.errors import FitgateError, JobConflict, JobNotFound
 from fitgate.settings import Settings
 from fitgate.sqlite import connect
 from service.monitoring import record_job_outcome
@@ -99,6 +99,10 @@ class JobStore:
         with self._db() as db:
             db.executescript(SCHEMA)
 
+    @classmethod
+    def open(cls, settings: Settings) -> JobStore:
+        return cls(settings.jobs_database, settings.sqlite_journal_mode)
+
     def _db(self) -> AbstractContextManager[sqlite3.Connection]:
         return connect(self.database, self.journal_mode)
 
@@ -132,7 +136,7 @@ class JobStore:
         with self._db() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
-            raise ModelNotFound(f"no job {job_id!r}; list your jobs with GET /jobs")
+            raise JobNotFound(f"no job {job_id!r}; list your jobs with GET /jobs")
         return self._job(row)
 
     def for_team(self, team: str | None) -> list[Job]:
@@ -179,7 +183,7 @@ class JobStore:
     def request_cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
         if job.status in FINAL:
-            raise RegistryConflict(f"job {job_id} already ended ({job.status}); nothing to cancel")
+            raise JobConflict(f"job {job_id} already ended ({job.status}); nothing to cancel")
         with self._db() as db:
             db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
             db.execute(
@@ -192,9 +196,9 @@ class JobStore:
     def retry(self, job_id: str) -> Job:
         job = self.get(job_id)
         if job.status not in ("failed", "cancelled"):
-            raise RegistryConflict(f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried")
+            raise JobConflict(f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried")
         if not Path(job.upload).exists():
-            raise RegistryConflict(f"the upload of job {job_id} is no longer kept; upload the data again")
+            raise JobConflict(f"the upload of job {job_id} is no longer kept; upload the data again")
         with self._db() as db:
             db.execute(
                 "UPDATE jobs SET status = 'queued', reason = NULL, ended_at = NULL, progress = NULL, "
@@ -277,19 +281,14 @@ class JobRunner:
         self.settings = settings
         self.poll_seconds = poll_seconds
         self._children: dict[str, subprocess.Popen[bytes]] = {}
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fitgate-job-runner", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        for child in self._children.values():
-            child.terminate()
-
     def _loop(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
+        while True:  # a daemon thread: it ends with the worker process
+            time.sleep(self.poll_seconds)
             try:
                 self._reap()
                 while job := self.store.claim_next(self.settings.max_running_jobs):

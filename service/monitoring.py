@@ -14,7 +14,6 @@ model's own class labels, the detector names, job statuses and gate verdicts.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import time
 from collections.abc import Iterable
@@ -24,8 +23,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from fitgate.settings import Settings
 from models.bundle import BundleSpec, ReferenceStatistics
-from models.runtime import Classified
-from service.drift import DETECTORS, DriftDetectors, Reference, calibrate
+from models.runtime import Predictions
+from service.drift import DETECTORS, DriftDetectors, Reference, calibrate, percentile_rank
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +126,7 @@ class ModelMonitor:
         self.model, self.version = model, version
         statistics = spec.reference_int8 if served_graph == spec.onnx_int8 and spec.reference_int8 else spec.reference
         self.low_confidence_threshold = statistics.low_confidence_threshold
-        self.reference_confidence = sorted(statistics.confidence_sample)
+        self.reference_confidence = np.sort(np.asarray(statistics.confidence_sample, dtype=float))
         reference = reference_arrays(statistics)
         started = time.perf_counter()
         thresholds = calibrate(reference, settings.drift_smoothing, settings.drift_run_length, seed=DRIFT_SEED)
@@ -165,12 +164,9 @@ class ModelMonitor:
 
     def confidence_percentile(self, confidence: float) -> float:
         """Share of validation confidences below this one (ties count half)."""
-        reference = self.reference_confidence
-        below = bisect.bisect_left(reference, confidence)
-        at_or_below = bisect.bisect_right(reference, confidence, lo=below)
-        return (below + at_or_below) / (2 * len(reference))
+        return float(percentile_rank(self.reference_confidence, confidence, 0.5))
 
-    def observe(self, batch: Classified) -> None:
+    def observe(self, batch: Predictions) -> None:
         """Record one batch of predictions: O(1) per text per detector, plus O(K) for the probability vector."""
         confidence = batch.confidence
         detectors = self.detectors

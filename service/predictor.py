@@ -20,12 +20,11 @@ import gc
 import logging
 from dataclasses import dataclass, field
 
-from fitgate.errors import ModelNotFound
+from fitgate.errors import ModelNotFound, NoModelDeployed
 from fitgate.settings import Settings
 from models.names import ModelName
 from models.registry import Registry
 from models.runtime import OnnxClassifier, Prediction
-from service.errors import NoModelDeployed
 from service.monitoring import MODELS_LOADED, ModelMonitor, record_current_versions
 
 log = logging.getLogger(__name__)
@@ -105,12 +104,12 @@ def release_freed_memory() -> None:
 
 
 def _classify_and_observe(model: LoadedModel, texts: list[str]) -> list[Prediction]:
-    classified = model.classifier.classify(texts)
+    predictions = model.classifier.predict(texts)
     try:
-        model.monitor.observe(classified)
+        model.monitor.observe(predictions)
     except Exception:  # monitoring never costs a prediction
         log.exception("monitoring failed for %s:%s", model.name, model.version)
-    return model.classifier.predictions(classified)
+    return predictions.answers()
 
 
 class ModelPool:
@@ -145,7 +144,6 @@ class ModelPool:
         self._ensure_refresher()
 
     def _monitor(self, name: ModelName, version: str, classifier: OnnxClassifier) -> ModelMonitor:
-        assert classifier.spec is not None
         return ModelMonitor(str(name), version, classifier.spec, classifier.served_graph, self.settings)
 
     async def _load(self, name: ModelName, version: str) -> LoadedModel:

@@ -9,7 +9,6 @@ kernel's OOM killer choosing a victim (possibly the server).
 
 from __future__ import annotations
 
-import json
 import logging
 import resource
 import shutil
@@ -32,8 +31,9 @@ from fitgate.errors import (
     is_out_of_memory,
 )
 from fitgate.settings import Settings
-from models.gate import open_registry, release
+from models.gate import release
 from models.names import ModelName
+from models.registry import open_registry
 from service.jobs import JobStore
 from training.arguments import parse_arguments
 from training.loop import fine_tune
@@ -71,15 +71,17 @@ class _Reporter:
 
 
 def run_job(job_id: str, settings: Settings) -> None:
-    store = JobStore(settings.data_dir / "jobs.db", settings.sqlite_journal_mode)
+    store = JobStore.open(settings)
     job = store.get(job_id)
-    run_dir = settings.data_dir / "runs" / job_id
+    run_dir = settings.run_dir(job_id)
     reporter = _Reporter(store, job_id)
     shutil.rmtree(run_dir, ignore_errors=True)  # a retry never shows the previous attempt's report
     try:
         args = parse_arguments({**job.arguments, "base_model": settings.base_model})
         with _out_of_resources_named():
-            fine_tune(Path(job.upload), run_dir, args, on_progress=reporter, should_cancel=reporter.should_cancel)
+            result = fine_tune(
+                Path(job.upload), run_dir, args, on_progress=reporter, should_cancel=reporter.should_cancel
+            )
             released = release(
                 run_dir,
                 ModelName.parse(job.model_name),
@@ -88,32 +90,29 @@ def run_job(job_id: str, settings: Settings) -> None:
                 promote=settings.auto_promote,
                 on_progress=reporter,
             )
-        report = json.loads((run_dir / "report.json").read_text())
         store.finish(job_id, "succeeded", result={
             "version": released.version,
             "promoted": released.promoted,
             "diagnosis": released.diagnosis.to_dict(),
-            "metrics": {"validation_macro_f1": report["validation"]["macro_f1"],
-                        "test_macro_f1": (report.get("test") or {}).get("macro_f1")},
+            "metrics": {"validation_macro_f1": result.validation.macro_f1,
+                        "test_macro_f1": result.test.macro_f1 if result.test else None},
         })  # fmt: skip
     except GateBlocked as exc:
-        diagnosis = json.loads((run_dir / "diagnosis.json").read_text())
-        store.finish(job_id, "blocked", reason=exc.message, result={"diagnosis": diagnosis})
+        store.finish(job_id, "blocked", reason=exc.message, result={"diagnosis": exc.diagnosis.to_dict()})
     except TrainingCancelled as exc:
         store.finish(job_id, "cancelled", reason=exc.message)
-    except OutOfResources as exc:  # written for the user: names no server path
-        log.error("job %s failed: %s", job_id, exc.message, exc_info=exc.__cause__)
-        store.finish(job_id, "failed", reason=exc.message)
     except FitgateError as exc:
-        if exc.status_code >= 500 or isinstance(exc, ModelLoadError):  # server-side detail stays in the log
-            log.error("job %s failed: %s", job_id, exc.message)
+        if exc.user_facing and not isinstance(exc, ModelLoadError):
+            if isinstance(exc, OutOfResources):  # written for the user, but the operators need the cause too
+                log.error("job %s failed: %s", job_id, exc.message, exc_info=exc.__cause__)
+            store.finish(job_id, "failed", reason=exc.message)
+        else:  # server-side detail (paths, library errors; the server's base model) stays in the log
+            log.error("job %s failed: %s", job_id, exc.message, exc_info=exc.__cause__)
             store.finish(
                 job_id,
                 "failed",
                 reason=f"{type(exc).__name__}: a server-side step failed; the operators can read the worker log",
             )
-        else:
-            store.finish(job_id, "failed", reason=exc.message)
     except Exception:
         log.exception("job %s failed unexpectedly", job_id)
         store.finish(job_id, "failed", reason="internal error during training; see the worker log on the server")

@@ -23,8 +23,9 @@ from models import export
 from models import registry as registry_module
 from models.bundle import load_spec, verify_manifest
 from models.export import export_onnx
-from models.gate import open_registry, release
+from models.gate import release
 from models.names import ModelName
+from models.registry import open_registry
 from models.runtime import OnnxClassifier
 from training.rundir import RunDirectory
 

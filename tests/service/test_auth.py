@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from fitgate.errors import Forbidden, Unauthorized
 from fitgate.settings import Settings
 from models.names import ModelName
 from service.auth import Authenticator, hash_token
-from service.errors import Forbidden, Unauthorized
 
 
 def _auth(monkeypatch: pytest.MonkeyPatch, tokens: list[dict[str, object]] | None, **env: str) -> Authenticator:

@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from fitgate.settings import Settings
-from models.gate import open_registry, release
+from models.gate import release
 from models.names import ModelName
+from models.registry import open_registry
 from tests.conftest import keyword_rows, write_csv
 from tests.service.conftest import Server, bearer, make_server
 

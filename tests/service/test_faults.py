@@ -26,8 +26,9 @@ import torch
 
 from fitgate.settings import Settings
 from models import export
-from models.gate import open_registry, release
+from models.gate import release
 from models.names import ModelName
+from models.registry import open_registry
 from service import worker
 from service.jobs import JobStore
 from tests.conftest import keyword_rows, save_random_bert, write_csv

@@ -30,8 +30,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from fitgate.settings import Settings
-from models.gate import open_registry, release
+from models.gate import release
 from models.names import ModelName
+from models.registry import open_registry
 from tests.service.conftest import Server, bearer, make_server
 
 pytestmark = pytest.mark.slow

@@ -17,8 +17,9 @@ import psutil
 import pytest
 
 from fitgate.settings import Settings
-from models.gate import open_registry, release
+from models.gate import release
 from models.names import ModelName
+from models.registry import open_registry
 from tests.service.conftest import REPO, bearer, make_server
 
 pytestmark = pytest.mark.slow

@@ -18,8 +18,9 @@ import pytest
 import yaml
 
 from fitgate.settings import Settings
-from models.gate import open_registry, release
+from models.gate import release
 from models.names import ModelName
+from models.registry import open_registry
 from tests.conftest import require_tool
 from tests.service.conftest import REPO, Server, _free_port, make_server
 

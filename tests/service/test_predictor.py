@@ -12,6 +12,14 @@ from models.runtime import Prediction
 from service.predictor import Batcher, LoadedModel, _Pending
 
 
+class _EchoPredictions:
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+
+    def answers(self) -> list[Prediction]:
+        return [Prediction(label=t, confidence=1.0, probabilities={t: 1.0}, truncated=False) for t in self.texts]
+
+
 class CountingClassifier:
     """Stands in for ONNX Runtime only to count calls; answers echo the text so order is checkable."""
 
@@ -19,14 +27,11 @@ class CountingClassifier:
         self.calls: list[list[str]] = []
         self.fail_on = fail_on
 
-    def classify(self, texts: list[str]) -> list[str]:
+    def predict(self, texts: list[str]) -> _EchoPredictions:
         self.calls.append(texts)
         if self.fail_on in texts:
             raise RuntimeError("boom")
-        return texts
-
-    def predictions(self, texts: list[str]) -> list[Prediction]:
-        return [Prediction(label=t, confidence=1.0, probabilities={t: 1.0}, truncated=False) for t in texts]
+        return _EchoPredictions(texts)
 
 
 class RecordingMonitor:

@@ -1,4 +1,4 @@
-"""The one place where errors become HTTP responses.
+"""The one place where fitgate's errors (``fitgate/errors.py``) become HTTP responses.
 
 Every error body has the same shape: ``{"error": {"type": ..., "message": ...}}``, and the
 OpenAPI schema declares it (``error_responses``) for every status a route can answer with.
@@ -15,33 +15,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fitgate.errors import FitgateError
 
 log = logging.getLogger(__name__)
 
 _UNPARSABLE_BODY = "There was an error parsing the body"  # FastAPI's detail, which names nothing
-
-
-class Unauthorized(FitgateError):
-    status_code = 401
-
-
-class Forbidden(FitgateError):
-    status_code = 403
-
-
-class PayloadTooLarge(FitgateError):
-    status_code = 413
-
-
-class NoModelDeployed(FitgateError):
-    status_code = 503
-
-
-class InvalidRequest(FitgateError):
-    status_code = 422
 
 
 class ErrorDetail(BaseModel):
@@ -73,6 +52,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def error_body(kind: str, message: str) -> dict[str, dict[str, str]]:
+    """The JSON body of an error response (also sent by the middlewares, which answer before any route)."""
     return ErrorBody(error=ErrorDetail(type=kind, message=message)).model_dump()
 
 
@@ -88,8 +68,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FitgateError)
     async def _fitgate(request: Request, exc: FitgateError) -> JSONResponse:
         message = exc.message
-        if exc.status_code == 500:  # server-side detail (paths, library errors) stays in the log
-            log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+        if not exc.user_facing:  # server-side detail (paths, library errors) stays in the log
+            log.error("%s %s failed: %s", request.method, request.url.path, exc.message, exc_info=exc.__cause__)
             message = "the server could not complete this request; the error has been logged for the operators"
         return JSONResponse(error_body(type(exc).__name__, message), status_code=exc.status_code)
 
@@ -128,65 +108,3 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body("InternalError", "an unexpected error occurred; it has been logged"), status_code=500
         )
-
-
-class BodyLimit:
-    """ASGI middleware: stop reading a request body past a per-path limit, as it streams in.
-
-    On overflow it answers 413 with the usual JSON error at once and stops the app from
-    reading further (whatever the app then tries to send is dropped), so neither memory
-    nor disk ever holds more than the limit.
-    """
-
-    def __init__(self, app: ASGIApp, limits: dict[str, tuple[int, str]]) -> None:
-        self.app = app
-        self.limits = limits  # path -> (bytes, the setting that sets it)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.limits:
-            await self.app(scope, receive, send)
-            return
-        limit, setting = self.limits[scope["path"]]
-        received = 0
-        responded = False
-
-        async def guarded_send(message: Message) -> None:
-            if not responded:
-                await send(message)
-
-        async def counting_receive() -> Message:
-            nonlocal received, responded
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > limit and not responded:
-                responded = True
-                too_large = error_body("PayloadTooLarge", f"request body exceeds {limit:,} bytes ({setting})")
-                await JSONResponse(too_large, status_code=413)(scope, receive, send)
-                raise PayloadTooLarge(too_large["error"]["message"])
-            return message
-
-        try:
-            await self.app(scope, counting_receive, guarded_send)
-        except PayloadTooLarge:
-            if not responded:
-                raise
-
-
-class LineBreakInPath:
-    """ASGI middleware around the whole BentoML app: a URL path with a line break (%0A) gets the usual JSON 422.
-
-    BentoML mounts fitgate's routes with a Starlette ``Mount`` whose pattern (``.*``) stops at a line break,
-    so such a request never reached fitgate's handlers and got the outer router's plain-text 404 instead.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and "\n" in scope["path"]:
-            invalid = error_body(
-                "InvalidRequest", "the URL path contains a line break (%0A); no route, model name or job id does"
-            )
-            await JSONResponse(invalid, status_code=422)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)

@@ -1,0 +1,89 @@
+"""The upload intake: a /finetune request becomes a queued job, or a refusal that keeps nothing.
+
+The upload is streamed to disk (never held in memory), its training arguments are validated
+once, and its data is read and split exactly as training will read it, so a bad file is refused
+now with its specific message instead of minutes later in a failed job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from starlette.datastructures import UploadFile
+
+from fitgate.devices import cuda_device_count
+from fitgate.errors import DeviceUnavailable, DiskFull, InvalidRequest, PayloadTooLarge, is_disk_full
+from fitgate.settings import Settings
+from models.names import ModelName
+from service.jobs import Job, JobStore
+from training.arguments import TrainingArguments, parse_arguments
+from training.splits import load_splits
+
+UPLOAD_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".txt")
+SERVER_ONLY_ARGUMENTS = {"base_model"}  # a request must not point the server at arbitrary paths
+CHUNK_BYTES = 1 << 20
+
+
+def parse_parameters(parameters: str) -> TrainingArguments:
+    """The ``parameters`` form field (a JSON object of training arguments), validated once."""
+    try:
+        raw: Any = json.loads(parameters)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"parameters is not valid JSON ({exc.msg}); send a JSON object") from exc
+    if not isinstance(raw, dict):
+        raise InvalidRequest('parameters must be a JSON object such as {"num_train_epochs": 3}')
+    if forbidden := SERVER_ONLY_ARGUMENTS & raw.keys():
+        raise InvalidRequest(f"{sorted(forbidden)} are server settings, not request parameters")
+    return parse_arguments(raw)
+
+
+class UploadIntake:
+    def __init__(self, settings: Settings, jobs: JobStore) -> None:
+        self.settings = settings
+        self.jobs = jobs
+
+    def check_device(self, args: TrainingArguments) -> None:
+        """Refuse ``device: cuda`` on a server that trains here without a GPU (a trainer elsewhere checks its own)."""
+        if args.device == "cuda" and self.settings.training_enabled and cuda_device_count() == 0:
+            raise DeviceUnavailable(
+                "the training argument device is 'cuda', but this server has no CUDA device: "
+                "send device 'auto' (uses a GPU when the server has one) or 'cpu'"
+            )
+
+    async def accept(self, file: UploadFile, name: ModelName, parameters: str) -> Job:
+        """Validate, store and queue; on any refusal the stored upload is removed again."""
+        args = parse_parameters(parameters)
+        self.check_device(args)
+        suffix = Path(file.filename or "").suffix.lower()
+        if suffix not in UPLOAD_SUFFIXES:
+            raise InvalidRequest(f"upload a .csv, .tsv or .jsonl file (got {file.filename!r})")
+        job_id = self.jobs.new_id()
+        folder = self.settings.upload_dir(job_id)
+        folder.mkdir(parents=True)
+        target = folder / f"data{suffix}"  # never the client's file name: nothing escapes the data directory
+        try:
+            await self._store(file, target)
+            await asyncio.to_thread(load_splits, target, args)
+            return self.jobs.create(job_id, name.team, str(name), args.model_dump(exclude_defaults=True), target)
+        except BaseException as exc:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing is kept for a request that was refused
+            if is_disk_full(exc):
+                raise DiskFull(
+                    "the server's disk is full, so the upload was not stored and no job was created; "
+                    "retry later, and tell the operators (they must free space in FITGATE_DATA_DIR)"
+                ) from exc
+            raise
+
+    async def _store(self, file: UploadFile, target: Path) -> None:
+        limit = self.settings.max_upload_bytes
+        size = 0
+        with target.open("wb") as out:
+            while chunk := await file.read(CHUNK_BYTES):
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"upload exceeds {limit:,} bytes (FITGATE_MAX_UPLOAD_BYTES)")
+                out.write(chunk)
