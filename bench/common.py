@@ -11,6 +11,7 @@ from models.gate import release
 from models.names import ModelName
 from models.registry import open_registry
 from models.runtime import OnnxClassifier
+from training import rundir
 from training.arguments import TrainingArguments
 from training.data import LabelledData, read_labelled_file, write_labelled_csv
 from training.loop import fine_tune
@@ -47,11 +48,11 @@ def sms_model(rows: int = 2000, epochs: int = 3) -> SmsModel:
     train = LabelledData([full.texts[i] for i in order[:rows]], [full.labels[i] for i in order[:rows]])
     held_out = LabelledData([full.texts[i] for i in order[rows:]], [full.labels[i] for i in order[rows:]])
     if registry.current(NAME) is None:
-        if not (run_dir / "report.json").is_file():
+        if not (run_dir / rundir.REPORT).is_file():
             key.mkdir(parents=True, exist_ok=True)
             csv = write_labelled_csv(train, key / "train.csv")
             print(f"fine-tuning MiniLM on {rows} sms_spam rows for {epochs} epochs ...", flush=True)
             fine_tune(csv, run_dir, TrainingArguments(num_train_epochs=epochs))
         release(run_dir, NAME, settings, registry, promote=True)  # export again: delete data/ after export changes
-    validation = read_labelled_file(run_dir / "validation.csv")[0]
+    validation = read_labelled_file(run_dir / rundir.VALIDATION_CSV)[0]
     return SmsModel(key / "data", run_dir, registry.bundle_path(NAME), validation, held_out)

@@ -150,7 +150,7 @@ def delays(
 def label_weights(outputs: Outputs, label: str, share: float) -> np.ndarray:
     hit = np.array([t == label for t in outputs.truth])
     w = np.where(hit, share / hit.sum(), (1 - share) / (~hit).sum())
-    return w / w.sum()
+    return np.asarray(w / w.sum())
 
 
 def tilted_weights(confidence: np.ndarray, drop: float) -> np.ndarray:
@@ -158,7 +158,7 @@ def tilted_weights(confidence: np.ndarray, drop: float) -> np.ndarray:
     target = confidence.mean() - drop
 
     def weights(theta: float) -> np.ndarray:
-        return np.exp(-theta * (confidence - confidence.min()))  # <= 1: no overflow
+        return np.asarray(np.exp(-theta * (confidence - confidence.min())))  # <= 1: no overflow
 
     def gap(theta: float) -> float:
         w = weights(theta)
@@ -166,7 +166,7 @@ def tilted_weights(confidence: np.ndarray, drop: float) -> np.ndarray:
 
     theta = brentq(gap, 0.0, 1e4)
     w = weights(theta)
-    return w / w.sum()
+    return np.asarray(w / w.sum())
 
 
 def tempered(outputs: Outputs, drop: float) -> Outputs:
@@ -176,7 +176,7 @@ def tempered(outputs: Outputs, drop: float) -> Outputs:
     def flatten(t: float) -> np.ndarray:
         logp = np.log(np.maximum(outputs.probabilities, 1e-12)) / t
         p = np.exp(logp - logp.max(axis=1, keepdims=True))
-        return p / p.sum(axis=1, keepdims=True)
+        return np.asarray(p / p.sum(axis=1, keepdims=True))
 
     target = outputs.confidence.mean() - drop
     t = brentq(lambda t: float(flatten(t)[rows, outputs.chosen].mean() - target), 1.0, 1e3)

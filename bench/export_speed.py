@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, sms_model
 from models.export import torch_logits
 from models.runtime import load_tokenizer, run_logits, session_options
+from training import rundir
 from training.decision import decide
 from training.evaluation import macro_f1
 
@@ -44,7 +45,7 @@ def time_path(path: str, repeats: int) -> dict[str, list[float]]:
     spec = json.loads((model.bundle_dir / "bundle.json").read_text())
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     if path == "pytorch_eager":
-        eager = AutoModelForSequenceClassification.from_pretrained(model.run_dir / "model").eval()
+        eager = AutoModelForSequenceClassification.from_pretrained(model.run_dir / rundir.MODEL_DIR).eval()
 
         def call(ids: np.ndarray, mask: np.ndarray) -> None:
             with torch.inference_mode():
@@ -113,7 +114,7 @@ def main() -> None:
     spec = json.loads((model.bundle_dir / "bundle.json").read_text())
     labels = spec["labels"]
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    eager = AutoModelForSequenceClassification.from_pretrained(model.run_dir / "model").eval()
+    eager = AutoModelForSequenceClassification.from_pretrained(model.run_dir / rundir.MODEL_DIR).eval()
     sessions = {
         name: ort.InferenceSession(str(model.bundle_dir / spec[name]), session_options(),
                                    providers=["CPUExecutionProvider"])

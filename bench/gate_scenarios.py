@@ -149,7 +149,7 @@ def main() -> None:
             scenario = SCENARIOS[name]
             data, validation = scenario_data(dataset, name, full, ns.seed)
             split = {"test_size": 0.0} if validation is not None else {}
-            args = TrainingArguments(seed=ns.seed, **{**split, **scenario.arguments})  # type: ignore[arg-type]
+            args = TrainingArguments(seed=ns.seed, **{**split, **scenario.arguments})
             print(f"{dataset} / {name}: {len(data)} rows ...", file=sys.stderr, flush=True)
             started = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:

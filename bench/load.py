@@ -14,6 +14,7 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -21,7 +22,7 @@ import numpy as np
 
 async def run(
     url: str, texts: list[str], concurrency: int, seconds: float, batch: int, warmup: float, model: str | None = None
-) -> dict:
+) -> dict[str, Any]:
     latencies: list[float] = []
     versions: dict[str, int] = {}
     error_kinds: dict[str, int] = {}
@@ -34,7 +35,7 @@ async def run(
         nonlocal errors
         rng = random.Random(seed)
         while (now := time.perf_counter()) < stop:
-            body: dict = {"texts": rng.sample(texts, batch), **({"model": model} if model else {})}
+            body: dict[str, Any] = {"texts": rng.sample(texts, batch), **({"model": model} if model else {})}
             sent = time.perf_counter()
             version, kind = None, ""
             try:

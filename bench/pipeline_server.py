@@ -6,6 +6,7 @@ FITGATE_BENCH_MODEL=path/to/hf/checkpoint uvicorn bench.pipeline_server:app --po
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from fastapi import FastAPI
 from pydantic import BaseModel
@@ -20,5 +21,5 @@ class Request(BaseModel):
 
 
 @app.post("/predict")
-def predict(body: Request) -> dict:
+def predict(body: Request) -> dict[str, Any]:
     return {"predictions": classifier(body.texts, truncation=True)}

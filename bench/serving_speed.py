@@ -33,6 +33,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, SmsModel, sms_model
+from training import rundir
 
 CASES = [(1, 1), (8, 1), (32, 1), (4, 64)]  # (concurrency, texts per request)
 
@@ -84,7 +85,7 @@ def measure(url: str, texts_file: Path, seconds: float) -> list[dict[str, Any]]:
     return rows
 
 
-def raw_onnx(model: SmsModel, texts: list[str], seconds: float) -> dict[str, float]:
+def raw_onnx(model: SmsModel, texts: list[str], seconds: float) -> dict[str, float | str]:
     classifier = model.classifier()
     batch = 64
     done, started = 0, time.perf_counter()
@@ -119,7 +120,7 @@ def main() -> None:
         "fitgate": {"FITGATE_DATA_DIR": str(model.data_dir), "FITGATE_WORKERS": "1"},
         "fitgate_unbatched": {"FITGATE_DATA_DIR": str(model.data_dir), "FITGATE_WORKERS": "1",
                               "FITGATE_BATCH_MAX_SIZE": "1"},
-        "pipeline": {"FITGATE_BENCH_MODEL": str(model.run_dir / "model")},
+        "pipeline": {"FITGATE_BENCH_MODEL": str(model.run_dir / rundir.MODEL_DIR)},
     }  # fmt: skip
     for name, extra in variants.items():
         port = _free_port()

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,8 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training import evaluation, modeling
 from training.arguments import TrainingArguments
 from training.data import LabelledData, read_labelled_file, write_labelled_csv
-from training.loop import fine_tune, load_splits
-from training.splits import Splits
+from training.decision import softmax
+from training.loop import fine_tune
+from training.splits import Splits, load_splits
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 WORK = Path(__file__).resolve().parent / ".cache" / "train_quality"
@@ -92,7 +94,7 @@ def _scores(logits: np.ndarray, labels: np.ndarray, names: list[str], minority: 
         "macro_f1": evaluation.macro_f1(labels, pred, len(names)),
         "accuracy": float((pred == labels).mean()),
         "minority_recall": minority_recall({c.label: c.recall for c in table}, minority),
-        "ece": evaluation.expected_calibration_error(evaluation.softmax(logits), pred, labels),
+        "ece": evaluation.expected_calibration_error(softmax(logits), pred, labels),
     }
 
 
@@ -117,11 +119,11 @@ def run_naive(splits: Splits, minority: list[str] | None, epochs: int, seed: int
     for _ in range(epochs):
         for ids, mask, y in DataLoader(train, batch_size=16, shuffle=True):
             loss = torch.nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask).logits, y)
-            loss.backward()
+            torch.autograd.backward(loss)  # Tensor.backward is untyped in torch's stubs
             optimizer.step()
             optimizer.zero_grad()
     train_seconds = time.perf_counter() - fit_started
-    model.eval()
+    model.train(False)  # same as eval(), which torch leaves untyped
     assert splits.test is not None
     test = tensors(splits.test)
     with torch.no_grad():
@@ -154,11 +156,12 @@ def run_trainer(splits: Splits, minority: list[str] | None, seed: int, work: Pat
     model = modeling.load_classifier(base, names, dropout=None, seed=seed)
     args = HfTrainingArguments(output_dir=str(work / "trainer"), seed=seed)
     train = dataset(splits.train)
-    trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)  # type: ignore[arg-type]
+    trainer = Trainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     fit_started = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - fit_started
     assert splits.test is not None
+    # a list of dicts works as a map-style dataset; the stub asks for torch's Dataset
     logits = trainer.predict(dataset(splits.test)).predictions  # type: ignore[arg-type]
     labels = np.array([label_id[x] for x in splits.test.labels])
     return {
@@ -198,14 +201,19 @@ def run_fitgate(splits: Splits, minority: list[str] | None, args: TrainingArgume
 METRICS = ("macro_f1", "minority_recall", "ece", "wall_seconds", "samples_per_second")
 
 
-def summary(rows: list[dict]) -> list[dict]:
+def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and standard deviation over seeds, one line per (data set, recipe)."""
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["recipe"]), []).append(r)
     out = []
     for (dataset, recipe), rs in groups.items():
-        line: dict = {"dataset": dataset, "recipe": recipe, "seeds": len(rs), "train_rows": rs[0]["train_rows"]}
+        line: dict[str, Any] = {
+            "dataset": dataset,
+            "recipe": recipe,
+            "seeds": len(rs),
+            "train_rows": rs[0]["train_rows"],
+        }
         for m in METRICS:
             values = np.array([r[m] for r in rs], dtype=float)
             line[m] = float(values.mean())
@@ -214,7 +222,7 @@ def summary(rows: list[dict]) -> list[dict]:
     return out
 
 
-def targets(lines: list[dict]) -> list[dict]:
+def targets(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Issue 7: macro-F1 >= best baseline + 2 points on imbalanced sets, >= best - 0.5 on balanced, less time."""
     out = []
     for dataset in dict.fromkeys(x["dataset"] for x in lines):
@@ -241,12 +249,12 @@ def targets(lines: list[dict]) -> list[dict]:
     return out
 
 
-def _cell(line: dict, metric: str, fmt: str) -> str:
+def _cell(line: dict[str, Any], metric: str, fmt: str) -> str:
     sd = line.get(metric + "_sd")
     return format(line[metric], fmt) + (" ± " + format(sd, fmt) if sd is not None else "")
 
 
-def markdown(lines: list[dict], goals: list[dict]) -> str:
+def markdown(lines: list[dict[str, Any]], goals: list[dict[str, Any]]) -> str:
     out = [
         "| data set | train rows | recipe | seeds | macro-F1 | minority recall | ECE | wall time (s) | samples/s |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -285,8 +293,8 @@ def main() -> None:
     )
     ns = parser.parse_args()
     if ns.render:  # a run stopped early: its JSON has every finished row
-        rows = json.loads(ns.out.read_text())["rows"]
-        ns.out.with_suffix(".md").write_text(markdown(summary(rows), targets(summary(rows))) + "\n")
+        saved = json.loads(ns.out.read_text())["rows"]
+        ns.out.with_suffix(".md").write_text(markdown(summary(saved), targets(summary(saved))) + "\n")
         print(ns.out.with_suffix(".md").read_text())
         return
     if ns.quick:
@@ -301,7 +309,7 @@ def main() -> None:
     }
     previous = json.loads(ns.out.read_text()) if ns.append and ns.out.exists() else {"rows": []}
     runs = [*previous.get("runs", [previous["meta"]] if "meta" in previous else []), meta]
-    rows: list[dict] = [{"run": 0, **r} for r in previous["rows"]]  # "run": which entry of "runs" made it
+    rows: list[dict[str, Any]] = [{"run": 0, **r} for r in previous["rows"]]  # "run": which entry of "runs" made it
     ns.out.parent.mkdir(parents=True, exist_ok=True)
     for name in ns.datasets:
         train_path, test_path, minority = source(name)
@@ -311,12 +319,13 @@ def main() -> None:
             args = TrainingArguments(seed=seed, **({"num_train_epochs": 1} if ns.quick else {}))
             splits, _ = load_splits(train_path, args, None, test_path)
             if ns.quick:
+                assert splits.test is not None  # load_splits carves a test split when no test file is given
                 splits = Splits(
                     *(
                         LabelledData(p.texts[:n], p.labels[:n])
                         for p, n in ((splits.train, 600), (splits.validation, 200), (splits.test, 200))
                     )
-                )  # type: ignore[union-attr]
+                )
             if seed > 0 and len(splits.train.texts) >= SEEDS_UNDER:
                 break
             order = ns.recipes if seed % 2 == 0 else ns.recipes[::-1]  # alternate who runs first

@@ -32,9 +32,8 @@ turns them into JSON in one place (``service/http_errors.py``).
         ├── OutOfMemory (507)      the training process could not allocate memory
         └── DiskFull (507)         a write failed for lack of space: nothing half-written is kept
 
-Messages of 5xx errors other than ``OutOfResources`` stay in the server log: they name paths
-and library internals. ``OutOfResources`` messages name no server path: they are shown to the
-user as a job's reason.
+Messages of 500 errors stay in the server log: they name paths and library internals. Every other
+message is shown to the user; ``OutOfResources`` messages (507) name no server path for that reason.
 """
 
 from __future__ import annotations
@@ -59,7 +58,7 @@ class FitgateError(Exception):
     @property
     def user_facing(self) -> bool:
         """Whether the message may be shown to a client (server-side detail stays in the log)."""
-        return self.status_code < 500 or isinstance(self, OutOfResources)
+        return self.status_code != 500  # 503 and 507 say what the user can do; a 500 names server internals
 
 
 class Unauthorized(FitgateError):

@@ -54,7 +54,7 @@ FUSABLE_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert")  # what O
 
 def export_onnx(model: PreTrainedModel, path: Path) -> None:
     """Trace to ONNX with dynamic batch and sequence axes and an explicit attention mask."""
-    model.eval()
+    model.train(False)
     example = (torch.ones((2, 8), dtype=torch.long), torch.ones((2, 8), dtype=torch.long))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notices about Python-level shape checks in transformers

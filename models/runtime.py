@@ -52,7 +52,7 @@ class Predictions:
 
     @property
     def confidence(self) -> np.ndarray:
-        return self.probabilities[np.arange(len(self.chosen)), self.chosen]
+        return np.asarray(self.probabilities[np.arange(len(self.chosen)), self.chosen])
 
     def answers(self) -> list[Prediction]:
         """One ``Prediction`` per text, in input order."""

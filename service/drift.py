@@ -75,7 +75,7 @@ def percentile_rank(ordered: np.ndarray, values: np.ndarray | float, tie_share: 
 def smoothed_shares(shares: np.ndarray) -> np.ndarray:
     """Class shares with a floor, so a class never predicted on validation keeps the statistic finite."""
     floored = np.maximum(np.asarray(shares, dtype=float), 1e-4)
-    return floored / floored.sum()
+    return np.asarray(floored / floored.sum())
 
 
 class Detector:
@@ -259,7 +259,7 @@ def _rank_maxima(sample: np.ndarray, smoothing: float, rng: np.random.Generator,
     values = _bootstrap_streams(ordered, rng, streams)
     u = percentile_rank(ordered, values, rng.random(values.shape))
     ewma = lfilter([smoothing], [1, -(1 - smoothing)], u - 0.5, axis=1)
-    return np.abs(ewma).max(axis=1) / uniform_ewma_sd(smoothing)
+    return np.asarray(np.abs(ewma).max(axis=1) / uniform_ewma_sd(smoothing))
 
 
 def _vector_maxima(
@@ -300,7 +300,7 @@ def calibrate(reference: Reference, smoothing: float, design_run_length: int, se
     rows = np.arange(streams)
 
     def class_draw(step: np.ndarray) -> np.ndarray:
-        return one_hot[classes_drawn[rows, step]]
+        return np.asarray(one_hot[classes_drawn[rows, step]])
 
     # sum (e - p)^2 / p over K classes is normalized by (K - 1), the vector helper by K
     maxima = _vector_maxima(class_draw, shares, 1.0 / shares, smoothing, streams) * classes / (classes - 1)
@@ -312,7 +312,7 @@ def calibrate(reference: Reference, smoothing: float, design_run_length: int, se
     weights = 1.0 / np.maximum(sample.var(axis=0), VARIANCE_FLOOR)
 
     def probability_draw(step: np.ndarray) -> np.ndarray:
-        return sample[chosen[:, step]]
+        return np.asarray(sample[chosen[:, step]])
 
     maxima = _vector_maxima(probability_draw, mean, weights, smoothing, streams)
     thresholds["probabilities"] = _threshold(maxima, SIMULATED_REQUESTS, design_run_length)

@@ -98,7 +98,16 @@ class TrainingArguments(BaseModel):
     eval_steps: int | None = Field(
         None,
         ge=1,
-        description="Evaluate every N steps; default: every epoch, and every 500 steps when epochs are longer.",
+        description="Evaluate every N steps; default: every epoch, or every long_epoch_eval_steps in long epochs.",
+    )
+    long_epoch_steps: int = Field(
+        1000,
+        ge=1,
+        description="Without eval_steps, epochs of more optimizer steps than this are evaluated every "
+        "long_epoch_eval_steps steps, so early stopping sees several points in a run of few long epochs.",
+    )
+    long_epoch_eval_steps: int = Field(
+        500, ge=1, description="Evaluation interval in steps for epochs longer than long_epoch_steps."
     )
     early_stopping_patience: int | None = Field(
         2, ge=1, description="Stop after this many evaluations without macro-F1 gain (None disables early stopping)."
@@ -132,6 +141,13 @@ class TrainingArguments(BaseModel):
     augment: bool = Field(
         False,
         description="Random token deletion/swap on minority-class examples (off: it did not measurably help here).",
+    )
+    augment_below_share_of_largest: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="With augment, classes with fewer training examples than this share of the largest class "
+        "count as minority classes and are augmented.",
     )
     tune_decision_rule: bool = Field(
         True, description="Tune a binary threshold or per-class logit bias on validation macro-F1."

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from training.padding import pad_batch
+
 CHUNK_BATCHES = 50  # batches per shuffled chunk sorted by length (as in HF's LengthGroupedSampler)
+AUGMENT_DELETE_PROBABILITY = 0.1  # EDA's (Wei & Zou 2019) deletion rate: light enough to keep the label true
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,14 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length:
 
 
 def collate(ids: Sequence[Sequence[int]], labels: Sequence[int], indices: list[int], pad_id: int) -> Batch:
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, seq in enumerate(ids):
-        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, : len(seq)] = 1
-    return Batch(input_ids, attention_mask, torch.tensor(list(labels), dtype=torch.long), indices)
+    """Pad with :func:`training.padding.pad_batch`, the rule the exported model is served with."""
+    input_ids, attention_mask = pad_batch(ids, pad_id)
+    return Batch(
+        torch.from_numpy(input_ids),
+        torch.from_numpy(attention_mask),
+        torch.tensor(list(labels), dtype=torch.long),
+        indices,
+    )
 
 
 def length_grouped_order(
@@ -60,7 +64,9 @@ def balanced_indices(labels: Sequence[int], num_classes: int, generator: torch.G
     return torch.multinomial(weights, len(labels), replacement=True, generator=generator).tolist()
 
 
-def augment_ids(ids: Sequence[int], generator: torch.Generator, p_delete: float = 0.1) -> list[int]:
+def augment_ids(
+    ids: Sequence[int], generator: torch.Generator, p_delete: float = AUGMENT_DELETE_PROBABILITY
+) -> list[int]:
     """Random token deletion plus one adjacent swap, keeping [CLS] and [SEP] in place."""
     body = list(ids[1:-1])
     if len(body) < 3:

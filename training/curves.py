@@ -1,4 +1,10 @@
-"""Learning curves: what is recorded at each evaluation, saved as JSON and drawn as PNG."""
+"""Learning curves: what is recorded at each evaluation, saved as JSON and drawn as PNG.
+
+matplotlib is imported inside the plot functions: the serving process reads curves and
+reports through :mod:`training.rundir` and must not pay for a plotting library. The plots
+use matplotlib's ``Figure`` directly, not pyplot: no global figure state and no display
+backend, as matplotlib recommends for servers.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display on servers
-import matplotlib.pyplot as plt
 import numpy as np
+from numpy.typing import NDArray
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class CurvePoint:
 
 
 def save_curves(points: list[CurvePoint], best_step: int, path: Path) -> None:
+    """``{"best_step": ..., "points": [...]}``, read back by :func:`load_curves`."""
     path.write_text(json.dumps({"best_step": best_step, "points": [asdict(p) for p in points]}, indent=2))
 
 
@@ -42,9 +46,12 @@ def load_curves(path: Path) -> tuple[list[CurvePoint], int]:
 
 def plot_curves(points: list[CurvePoint], best_step: int, path: Path, title: str) -> None:
     """Loss and macro-F1, train vs validation, the selected checkpoint marked."""
+    from matplotlib.figure import Figure
+
     epochs = [p.epoch for p in points]
     best_epoch = next(p.epoch for p in points if p.step == best_step)
-    fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_loss, ax_f1 = fig.subplots(1, 2)
     ax_loss.plot(epochs, [p.train_eval_loss for p in points], "o-", label="train (eval mode)")
     ax_loss.plot(epochs, [p.val_loss for p in points], "o-", label="validation")
     running = [(p.epoch, p.train_loss) for p in points if p.train_loss is not None]
@@ -61,14 +68,16 @@ def plot_curves(points: list[CurvePoint], best_step: int, path: Path, title: str
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
-def plot_confusion(matrix: np.ndarray, label_names: list[str], path: Path, title: str) -> None:
+def plot_confusion(matrix: NDArray[np.integer], label_names: list[str], path: Path, title: str) -> None:
     """Row-normalised confusion matrix (true class per row); counts written in small matrices."""
+    from matplotlib.figure import Figure
+
     k = len(label_names)
     size = min(4 + 0.25 * k, 24)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = Figure(figsize=(size, size))
+    ax = fig.subplots()
     totals = matrix.sum(axis=1, keepdims=True).clip(min=1)
     ax.imshow(matrix / totals, cmap="Blues", vmin=0, vmax=1)
     ticks = np.arange(k)
@@ -81,4 +90,3 @@ def plot_confusion(matrix: np.ndarray, label_names: list[str], path: Path, title
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

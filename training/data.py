@@ -47,11 +47,6 @@ class DataReport:
     conflicting_texts: int = 0
     conflicting_examples: list[str] = field(default_factory=list)
 
-    @property
-    def imbalance_ratio(self) -> float:
-        counts = list(self.class_counts.values())
-        return max(counts) / min(counts) if counts else 1.0
-
 
 def read_labelled_file(
     path: str | Path,

@@ -17,9 +17,11 @@ def softmax(logits: NDArray[np.floating], temperature: float = 1.0) -> NDArray[n
     z = np.asarray(logits, dtype=np.float64) / temperature
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    probabilities: NDArray[np.float64] = e / e.sum(axis=1, keepdims=True)  # numpy's stubs type this as Any
+    return probabilities
 
 
 def decide(logits: NDArray[np.floating], temperature: float, class_bias: ArrayLike) -> NDArray[np.intp]:
     """The class each row is answered with: ``argmax(logits / temperature + class_bias)``."""
-    return np.argmax(np.asarray(logits) / temperature + np.asarray(class_bias), axis=1)
+    decided: NDArray[np.intp] = np.argmax(np.asarray(logits) / temperature + np.asarray(class_bias), axis=1)
+    return decided

@@ -15,6 +15,7 @@ import numpy as np
 
 from fitgate.settings import Settings
 from training.curves import CurvePoint
+from training.evaluation import macro_f1
 from training.rundir import RunDirectory
 
 Verdict = Literal["overfit", "underfit", "no_skill", "degenerate", "insufficient_validation"]
@@ -81,21 +82,14 @@ def trivial_baseline_macro_f1(labels: np.ndarray, num_classes: int) -> dict[str,
     return {"majority": majority, "stratified": stratified, "uniform": uniform}
 
 
-def _macro_f1_fast(labels: np.ndarray, predictions: np.ndarray, k: int) -> float:
-    cm = np.bincount(labels * k + predictions, minlength=k * k).reshape(k, k)
-    tp = np.diag(cm).astype(float)
-    denom = cm.sum(0) + cm.sum(1)
-    return float(np.mean(np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)))
-
-
 def bootstrap_macro_f1(
     labels: np.ndarray, predictions: np.ndarray, k: int, samples: int, seed: int
 ) -> tuple[float, float]:
     """One-sided 95% lower bound and the point estimate of macro-F1 (percentile bootstrap)."""
     rng = np.random.default_rng(seed)
     n = len(labels)
-    stats = [_macro_f1_fast(labels[idx], predictions[idx], k) for idx in rng.integers(0, n, size=(samples, n))]
-    return float(np.quantile(stats, 0.05)), _macro_f1_fast(labels, predictions, k)
+    stats = [macro_f1(labels[idx], predictions[idx], k) for idx in rng.integers(0, n, size=(samples, n))]
+    return float(np.quantile(stats, 0.05)), macro_f1(labels, predictions, k)
 
 
 # --- the rules ------------------------------------------------------------------------------

@@ -1,87 +1,51 @@
 """The fine-tuning run, top to bottom in execution order.
 
-setup -> data -> model -> optimizer and schedule -> evaluation helper -> loop (evaluate,
-early stop, keep best) -> restore best -> calibrate -> final scores -> save.
+setup -> data -> model -> optimizer and schedule -> evaluation helper -> checkpoint
+selection -> loop (evaluate, early stop, keep best) -> restore best -> calibrate -> final
+scores -> save. :func:`fine_tune`, at the bottom, is the outline; the helpers above it are
+the steps, in the order it takes them. Writing the run directory belongs to
+:mod:`training.rundir`.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import json
-import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import NDArray
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
-import fitgate
-from fitgate.errors import FitgateError, TrainingCancelled
-from fitgate.files import write_text_atomic
+from fitgate.errors import DeviceUnavailable, TrainingCancelled
 from training import batching, evaluation, losses, modeling
 from training.arguments import TrainingArguments
-from training.curves import CurvePoint, plot_confusion, plot_curves, save_curves
-from training.data import DataReport, LabelledData, read_labelled_file, write_labelled_csv
+from training.curves import CurvePoint
+from training.data import LabelledData
+from training.decision import decide, softmax
 from training.progress import CancelCheck, Progress, ProgressCallback, ignore_progress, never_cancelled
-from training.splits import Splits, remove_overlap, split_data
-
-log = logging.getLogger(__name__)
-
-LONG_EPOCH_STEPS = 1000  # epochs longer than this are also evaluated every EVAL_EVERY_LONG steps
-EVAL_EVERY_LONG = 500
-AUGMENT_BELOW_SHARE_OF_LARGEST = 0.5  # classes smaller than this share of the largest get augmented
-VALIDATION_CSV = "validation.csv"
-VALIDATION_LOGITS = "validation_logits.npy"
-
-
-@dataclass(frozen=True)
-class SplitScores:
-    """Scores of the final model (calibrated, decision rule applied) on one split."""
-
-    macro_f1: float
-    accuracy: float
-    ece_before_calibration: float
-    ece_after_calibration: float
-    per_class: list[evaluation.ClassScores]
-    confusion: list[list[int]]
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """Everything a run produced; the run directory holds the same as files."""
-
-    output_dir: Path
-    base_model: str
-    data_sha256: dict[str, str]
-    label_names: list[str]
-    curves: list[CurvePoint]
-    best_step: int
-    stopped_early: bool
-    temperature: float
-    class_bias: list[float]
-    class_weights: list[float] | None
-    validation: SplitScores
-    test: SplitScores | None
-    data_report: DataReport
-    split_sizes: dict[str, int]
-    train_class_counts: list[int]
-    train_seconds: float
-    total_seconds: float
-    device: str
-
+from training.rundir import RunResult, SplitScores, save_run
+from training.splits import Splits, load_splits
 
 # --- setup ---------------------------------------------------------------------------------
 
 
 def pick_device(requested: str) -> torch.device:
+    """The device to train on: ``auto`` takes CUDA when this machine has it."""
     if requested == "cuda" and not torch.cuda.is_available():
-        raise FitgateError("device 'cuda' was requested but no CUDA GPU is available; use device 'auto' or 'cpu'")
+        raise DeviceUnavailable(
+            "the training argument device is 'cuda', but this server has no CUDA device: "
+            "use device 'auto' (uses a GPU when there is one) or 'cpu'"
+        )
     if requested == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda")
@@ -104,95 +68,213 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """Mixed precision when ``dtype`` is set, plain fp32 otherwise (the same rule in training and scoring)."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 # --- data ---------------------------------------------------------------------------------
 
 
-def load_splits(
-    data_path: Path,
+@dataclass(frozen=True)
+class Encoded:
+    """One split, tokenized once: token ids and class indices, row for row."""
+
+    ids: list[list[int]]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, rows: list[int]) -> Encoded:
+        return Encoded([self.ids[i] for i in rows], [self.labels[i] for i in rows])
+
+
+@dataclass(frozen=True)
+class EncodedSplits:
+    label_names: list[str]  # class i is label_names[i]
+    train: Encoded
+    validation: Encoded
+    test: Encoded | None
+
+
+def encode_splits(splits: Splits, tokenizer: PreTrainedTokenizerBase, max_length: int) -> EncodedSplits:
+    """Tokenize every split once; classes are numbered in sorted order of the training labels."""
+    label_names = sorted(set(splits.train.labels))
+    label_id = {name: i for i, name in enumerate(label_names)}
+
+    def encode(part: LabelledData) -> Encoded:
+        return Encoded(batching.encode(tokenizer, part.texts, max_length), [label_id[x] for x in part.labels])
+
+    test = encode(splits.test) if splits.test is not None else None
+    return EncodedSplits(label_names, encode(splits.train), encode(splits.validation), test)
+
+
+def train_eval_subset(train: Encoded, size: int, generator: torch.Generator) -> Encoded:
+    """The fixed training rows re-scored in eval mode at each evaluation (the generalization gap)."""
+    return train.subset(sorted(torch.randperm(len(train), generator=generator)[:size].tolist()))
+
+
+# --- optimizer, schedule, loss ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int
+
+    def epoch(self, step: int) -> float:
+        return round(step / self.steps_per_epoch, 3)
+
+
+def plan_schedule(train_rows: int, args: TrainingArguments) -> Schedule:
+    """Steps per epoch, the run's length, and how often it is evaluated."""
+    steps_per_epoch = math.ceil(train_rows / args.per_device_train_batch_size)
+    long_epoch = steps_per_epoch > args.long_epoch_steps
+    return Schedule(
+        steps_per_epoch=steps_per_epoch,
+        total_steps=args.max_steps or steps_per_epoch * args.num_train_epochs,
+        eval_every=args.eval_steps or (args.long_epoch_eval_steps if long_epoch else steps_per_epoch),
+    )
+
+
+@dataclass
+class Optimization:
+    """AdamW, its learning-rate schedule and the fp16 loss scaler, stepped together."""
+
+    optimizer: torch.optim.AdamW
+    scheduler: LambdaLR
+    scaler: torch.amp.GradScaler
+    max_grad_norm: float
+
+    @property
+    def learning_rate(self) -> float:
+        """The top (head) group's current learning rate."""
+        return float(self.scheduler.get_last_lr()[0])
+
+    def step(self, loss: torch.Tensor, parameters: Iterable[torch.nn.Parameter]) -> None:
+        """Backward, clip the global gradient norm, step, and advance the schedule."""
+        torch.autograd.backward(self.scaler.scale(loss))  # = Tensor.backward(), which torch leaves untyped
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+
+def build_optimization(
+    model: torch.nn.Module,
     args: TrainingArguments,
-    validation_path: Path | None = None,
-    test_path: Path | None = None,
-) -> tuple[Splits, DataReport]:
-    """Read the file(s) and split; separate validation/test files replace the carved splits."""
-    read = dict(
-        text_column=args.text_column,
-        label_column=args.label_column,
-        max_text_chars=args.max_text_chars,
-        max_empty_share=args.max_empty_share,
+    total_steps: int,
+    device: torch.device,
+    autocast: torch.dtype | None,
+) -> Optimization:
+    optimizer = torch.optim.AdamW(
+        modeling.parameter_groups(
+            model,
+            learning_rate=args.learning_rate,
+            weight_decay=args.weight_decay,
+            layerwise_lr_decay=args.layerwise_lr_decay,
+        ),
+        lr=args.learning_rate,
+        fused=device.type == "cuda",
     )
-    data, report = read_labelled_file(data_path, **read)  # type: ignore[arg-type]
-    given_val = read_labelled_file(validation_path, **read)[0] if validation_path else None  # type: ignore[arg-type]
-    given_test = read_labelled_file(test_path, **read)[0] if test_path else None  # type: ignore[arg-type]
-    splits = (
-        split_data(
-            data,
-            validation_size=0.0 if given_val else args.validation_size,
-            test_size=0.0 if given_test else args.test_size,
-            seed=args.seed,
-        )
-        if not (given_val and given_test)
-        else Splits(data, given_val, given_test)
+    scheduler: LambdaLR = get_scheduler(
+        args.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=int(args.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
     )
-    validation = given_val or splits.validation
-    test = given_test or splits.test
-    train, leaked = remove_overlap(splits.train, [p for p in (given_val, given_test) if p is not None])
-    if leaked:
-        log.warning("dropped %d training rows whose text also appears in the validation/test file", leaked)
-    unknown = sorted({*validation.labels, *(test.labels if test else [])} - set(train.labels))
-    if unknown:
-        raise FitgateError(
-            f"labels {unknown[:5]} appear in the validation/test data but never in training; "
-            "add training examples for them or remove them"
+    # bf16 has fp32's range; only fp16 needs its gradients scaled
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast == torch.float16)
+    return Optimization(optimizer, scheduler, scaler, args.max_grad_norm)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The training loss: class weights (already on the device), label smoothing, focal or not."""
+
+    weights: torch.Tensor | None
+    label_smoothing: float
+    focal_gamma: float | None
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return losses.classification_loss(
+            logits, labels, weights=self.weights, label_smoothing=self.label_smoothing, focal_gamma=self.focal_gamma
         )
-    return Splits(train, validation, test), report
+
+
+def minority_classes(counts: NDArray[np.integer], share_of_largest: float) -> frozenset[int]:
+    """Classes with fewer training examples than ``share_of_largest`` times the largest class's."""
+    return frozenset(int(c) for c in np.flatnonzero(counts < share_of_largest * counts.max()))
 
 
 # --- evaluation helper ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How the model is scored, the same at every evaluation and for the final scores."""
+
+    batch_size: int
+    pad_id: int
+    device: torch.device
+    autocast: torch.dtype | None  # None: plain fp32
+
+
 @torch.no_grad()
-def score(
-    model: PreTrainedModel,
-    ids: list[list[int]],
-    labels: list[int],
-    *,
-    batch_size: int,
-    pad_id: int,
-    device: torch.device,
-    autocast: torch.dtype | None,
-) -> tuple[np.ndarray, float]:
+def score(model: PreTrainedModel, data: Encoded, config: EvaluationConfig) -> tuple[NDArray[np.float32], float]:
     """Logits in input order and the plain (unweighted, unsmoothed) cross-entropy, in eval mode."""
     was_training = model.training
-    model.eval()
-    logits = np.zeros((len(ids), int(model.config.num_labels or 0)), dtype=np.float32)
-    for batch in batching.evaluation_batches(ids, labels, batch_size=batch_size, pad_id=pad_id):
-        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device))
+    model.train(False)
+    logits = np.zeros((len(data), int(model.config.num_labels or 0)), dtype=np.float32)
+    batches = batching.evaluation_batches(data.ids, data.labels, batch_size=config.batch_size, pad_id=config.pad_id)
+    for batch in batches:
+        with _autocast(config.device, config.autocast):
+            out = model(
+                input_ids=batch.input_ids.to(config.device), attention_mask=batch.attention_mask.to(config.device)
+            )
         logits[batch.indices] = out.logits.float().cpu().numpy()
     model.train(was_training)
-    loss = F.cross_entropy(torch.from_numpy(logits), torch.tensor(labels)).item()
+    loss = F.cross_entropy(torch.from_numpy(logits), torch.tensor(data.labels)).item()
     return logits, loss
 
 
-def _split_scores(
-    logits: np.ndarray, labels: np.ndarray, temperature: float, bias: np.ndarray, names: list[str]
-) -> SplitScores:
-    k = len(names)
-    raw_pred = logits.argmax(axis=1)
-    pred = evaluation.predict(logits, temperature, bias)
-    return SplitScores(
-        macro_f1=evaluation.macro_f1(labels, pred, k),
-        accuracy=float((pred == labels).mean()),
-        ece_before_calibration=evaluation.expected_calibration_error(evaluation.softmax(logits), raw_pred, labels),
-        ece_after_calibration=evaluation.expected_calibration_error(
-            evaluation.softmax(logits, temperature), pred, labels
-        ),
-        per_class=evaluation.per_class_table(labels, pred, names),
-        confusion=evaluation.confusion(labels, pred, k).tolist(),
+def evaluate(
+    model: PreTrainedModel,
+    validation: Encoded,
+    train_subset: Encoded,
+    config: EvaluationConfig,
+    *,
+    step: int,
+    epoch: float,
+    learning_rate: float,
+    train_loss: float | None = None,
+    samples_per_second: float | None = None,
+) -> CurvePoint:
+    """One point of the learning curves: validation and the training subset, both scored in eval mode."""
+    val_logits, val_loss = score(model, validation, config)
+    sub_logits, sub_loss = score(model, train_subset, config)
+    val_labels = np.array(validation.labels)
+    k = val_logits.shape[1]
+    return CurvePoint(
+        step=step,
+        epoch=epoch,
+        train_loss=train_loss,
+        train_eval_loss=sub_loss,
+        train_macro_f1=evaluation.macro_f1(np.array(train_subset.labels), sub_logits.argmax(1), k),
+        val_loss=val_loss,
+        val_macro_f1=evaluation.macro_f1(val_labels, val_logits.argmax(1), k),
+        val_accuracy=float((val_logits.argmax(1) == val_labels).mean()),
+        learning_rate=learning_rate,
+        samples_per_second=samples_per_second,
+        peak_gpu_memory_mb=torch.cuda.max_memory_allocated() / 2**20 if config.device.type == "cuda" else None,
     )
 
 
-# --- the run ---------------------------------------------------------------------------------
+# --- checkpoint selection and early stopping --------------------------------------------------
 
 
 def is_better(point: CurvePoint, best: CurvePoint, threshold: float) -> bool:
@@ -203,6 +285,122 @@ def is_better(point: CurvePoint, best: CurvePoint, threshold: float) -> bool:
     if point.val_macro_f1 > best.val_macro_f1 + threshold:
         return True
     return point.val_macro_f1 >= best.val_macro_f1 and point.val_loss < best.val_loss
+
+
+class CheckpointSelector:
+    """Keeps the best checkpoint offered so far and counts the evaluations since it (early stopping).
+
+    The untrained start (step 0) is never offered: it is the curve's reference point, and any
+    trained checkpoint replaces it.
+    """
+
+    def __init__(self, *, patience: int | None, threshold: float) -> None:
+        self.patience = patience
+        self.threshold = threshold
+        self.best: CurvePoint | None = None
+        self.evals_without_gain = 0
+        self._best_state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, point: CurvePoint, model: torch.nn.Module) -> bool:
+        """Keep a copy of ``model``'s weights if ``point`` beats the best so far; return whether it did."""
+        if self.best is None or is_better(point, self.best, self.threshold):
+            self.best, self.evals_without_gain = point, 0
+            self._best_state = copy.deepcopy(model.state_dict())
+            return True
+        self.evals_without_gain += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.evals_without_gain >= self.patience
+
+    def restore_best(self, model: torch.nn.Module) -> CurvePoint:
+        """Load the best weights back into ``model``; return their curve point."""
+        if self.best is None or self._best_state is None:
+            raise RuntimeError("no checkpoint was offered, so there is none to restore")
+        model.load_state_dict(self._best_state)
+        return self.best
+
+
+# --- loop state ------------------------------------------------------------------------------
+
+
+@dataclass
+class RunningLoss:
+    """The training objective and throughput since the last evaluation."""
+
+    total: float = 0.0
+    count: int = 0
+    samples: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: float, samples: int) -> None:
+        self.total += loss
+        self.count += 1
+        self.samples += samples
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count
+
+    def samples_per_second(self) -> float:
+        return self.samples / (time.perf_counter() - self.started)
+
+
+@dataclass
+class LoopState:
+    """Everything the loop carries from one step to the next."""
+
+    selector: CheckpointSelector
+    curves: list[CurvePoint]
+    step: int = 0
+    window: RunningLoss = field(default_factory=RunningLoss)
+
+
+# --- calibration and final scores --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The temperature and decision bias fitted on validation: what the exported model applies."""
+
+    temperature: float
+    class_bias: NDArray[np.float64]
+
+    def scores(self, logits: NDArray[np.float32], labels: NDArray[np.intp], label_names: list[str]) -> SplitScores:
+        k = len(label_names)
+        raw_pred = logits.argmax(axis=1)
+        pred = decide(logits, self.temperature, self.class_bias)
+        return SplitScores(
+            macro_f1=evaluation.macro_f1(labels, pred, k),
+            accuracy=float((pred == labels).mean()),
+            ece_before_calibration=evaluation.expected_calibration_error(softmax(logits), raw_pred, labels),
+            ece_after_calibration=evaluation.expected_calibration_error(
+                softmax(logits, self.temperature), pred, labels
+            ),
+            per_class=evaluation.per_class_table(labels, pred, label_names),
+            confusion=evaluation.confusion(labels, pred, k).tolist(),
+        )
+
+
+def calibrate(
+    logits: NDArray[np.float32], labels: NDArray[np.intp], train_counts: NDArray[np.intp], args: TrainingArguments
+) -> Calibration:
+    """Fit the temperature, then the decision rule under it (each only when its argument asks for it)."""
+    temperature = evaluation.fit_temperature(logits, labels) if args.calibrate else 1.0
+    bias = (
+        evaluation.tune_class_bias(logits, labels, temperature, train_counts / train_counts.sum())
+        if args.tune_decision_rule
+        else np.zeros(len(train_counts))
+    )
+    return Calibration(temperature, bias)
+
+
+def _sha256_of_files(**paths: Path | None) -> dict[str, str]:
+    return {role: hashlib.sha256(Path(p).read_bytes()).hexdigest() for role, p in paths.items() if p is not None}
+
+
+# --- the run ---------------------------------------------------------------------------------
 
 
 def fine_tune(
@@ -218,204 +416,136 @@ def fine_tune(
     """Fine-tune ``args.base_model`` on a labelled file and write the run directory."""
     started = time.perf_counter()
     on_progress(Progress("loading"))
+
+    # setup
     device = pick_device(args.device)
     _configure_runtime(device, args.seed)
     autocast = _autocast_dtype(device)
 
     # data
     splits, data_report = load_splits(Path(data_path), args, validation_path, test_path)
-    label_names = sorted(set(splits.train.labels))
-    label_id = {name: i for i, name in enumerate(label_names)}
     base_model = args.base_model or modeling.default_base_model()
     tokenizer = modeling.load_tokenizer(base_model)
-    pad_id = int(tokenizer.pad_token_id or 0)
-
-    def encoded(part: LabelledData) -> tuple[list[list[int]], list[int]]:
-        return batching.encode(tokenizer, part.texts, args.max_length), [label_id[x] for x in part.labels]
-
-    train_ids, train_y = encoded(splits.train)
-    val_ids, val_y = encoded(splits.validation)
-    generator = torch.Generator().manual_seed(args.seed)
-    subset = sorted(torch.randperm(len(train_ids), generator=generator)[: args.train_eval_size].tolist())
-    sub_ids, sub_y = [train_ids[i] for i in subset], [train_y[i] for i in subset]
+    data = encode_splits(splits, tokenizer, args.max_length)
+    generator = torch.Generator().manual_seed(args.seed)  # the subset, then the sampler and augmentation
+    train_subset = train_eval_subset(data.train, args.train_eval_size, generator)
 
     # model
-    model = modeling.load_classifier(base_model, label_names, dropout=args.dropout, seed=args.seed)
+    model = modeling.load_classifier(base_model, data.label_names, dropout=args.dropout, seed=args.seed)
     modeling.freeze_lower_layers(model, args.freeze_layers)
-    model.to(device)  # type: ignore[arg-type]  # transformers types .to() as the dtype overload only
+    cast(torch.nn.Module, model).to(device)  # in place; transformers types .to() by its dtype overload only
     model.train()
 
     # optimizer, schedule, loss
-    counts = np.bincount(train_y, minlength=len(label_names))
+    counts = np.bincount(data.train.labels, minlength=len(data.label_names))
     weights = losses.class_weights(counts.tolist(), args.class_weighting, args.effective_number_beta)
-    weights_on_device = weights.to(device) if weights is not None else None
-    focal_gamma = args.focal_gamma if args.loss == "focal" else None
-    augment_classes = (
-        frozenset(int(c) for c in np.flatnonzero(counts < AUGMENT_BELOW_SHARE_OF_LARGEST * counts.max()))
-        if args.augment
-        else frozenset()
+    objective = Objective(
+        weights=weights.to(device) if weights is not None else None,
+        label_smoothing=args.label_smoothing_factor,
+        focal_gamma=args.focal_gamma if args.loss == "focal" else None,
     )
-    optimizer = torch.optim.AdamW(
-        modeling.parameter_groups(
-            model,
-            learning_rate=args.learning_rate,
-            weight_decay=args.weight_decay,
-            layerwise_lr_decay=args.layerwise_lr_decay,
-        ),
-        lr=args.learning_rate,
-        fused=device.type == "cuda",
-    )
-    steps_per_epoch = math.ceil(len(train_ids) / args.per_device_train_batch_size)
-    total_steps = args.max_steps or steps_per_epoch * args.num_train_epochs
-    scheduler = get_scheduler(
-        args.lr_scheduler_type,
-        optimizer,
-        num_warmup_steps=int(args.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
-    scaler = torch.amp.GradScaler("cuda", enabled=autocast == torch.float16)
-    eval_every = args.eval_steps or (steps_per_epoch if steps_per_epoch <= LONG_EPOCH_STEPS else EVAL_EVERY_LONG)
+    augment_classes = minority_classes(counts, args.augment_below_share_of_largest) if args.augment else frozenset()
+    schedule = plan_schedule(len(data.train), args)
+    optimization = build_optimization(model, args, schedule.total_steps, device, autocast)
+    config = EvaluationConfig(args.per_device_eval_batch_size, int(tokenizer.pad_token_id or 0), device, autocast)
 
-    def evaluate(step: int, train_loss: float | None, samples_per_second: float | None) -> CurvePoint:
-        run = dict(batch_size=args.per_device_eval_batch_size, pad_id=pad_id, device=device, autocast=autocast)
-        val_logits, val_loss = score(model, val_ids, val_y, **run)  # type: ignore[arg-type]
-        sub_logits, sub_loss = score(model, sub_ids, sub_y, **run)  # type: ignore[arg-type]
-        k = len(label_names)
-        return CurvePoint(
+    def evaluate_at(step: int, window: RunningLoss | None = None) -> CurvePoint:
+        return evaluate(
+            model,
+            data.validation,
+            train_subset,
+            config,
             step=step,
-            epoch=round(step / steps_per_epoch, 3),
-            train_loss=train_loss,
-            train_eval_loss=sub_loss,
-            train_macro_f1=evaluation.macro_f1(np.array(sub_y), sub_logits.argmax(1), k),
-            val_loss=val_loss,
-            val_macro_f1=evaluation.macro_f1(np.array(val_y), val_logits.argmax(1), k),
-            val_accuracy=float((val_logits.argmax(1) == np.array(val_y)).mean()),
-            learning_rate=float(scheduler.get_last_lr()[0]),
-            samples_per_second=samples_per_second,
-            peak_gpu_memory_mb=torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+            epoch=schedule.epoch(step),
+            learning_rate=optimization.learning_rate,
+            train_loss=window.mean if window else None,
+            samples_per_second=window.samples_per_second() if window else None,
         )
 
     # loop
-    curves = [evaluate(0, None, None)]
-    best = curves[0]
-    best_state = copy.deepcopy(model.state_dict())
-    evals_without_gain = 0
-    stopped_early = False
-    step = 0
-    loss_sum, loss_count, samples, window_start = 0.0, 0, 0, time.perf_counter()
+    state = LoopState(
+        selector=CheckpointSelector(patience=args.early_stopping_patience, threshold=args.early_stopping_threshold),
+        curves=[evaluate_at(0)],
+    )
     train_started = time.perf_counter()
-    while step < total_steps and not stopped_early:
+    while state.step < schedule.total_steps and not state.selector.should_stop:
         for batch in batching.training_batches(
-            train_ids,
-            train_y,
+            data.train.ids,
+            data.train.labels,
             batch_size=args.per_device_train_batch_size,
-            pad_id=pad_id,
+            pad_id=config.pad_id,
             generator=generator,
             balanced=args.sampler == "balanced",
             augment_classes=augment_classes,
         ):
             if should_cancel():
-                raise TrainingCancelled(f"cancelled at step {step} of {total_steps}; nothing was exported")
-            with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                raise TrainingCancelled(
+                    f"cancelled at step {state.step} of {schedule.total_steps}; nothing was exported"
+                )
+            with _autocast(device, autocast):
                 logits = model(
                     input_ids=batch.input_ids.to(device, non_blocking=True),
                     attention_mask=batch.attention_mask.to(device, non_blocking=True),
                 ).logits
-            loss = losses.classification_loss(
-                logits,
-                batch.labels.to(device, non_blocking=True),
-                weights=weights_on_device,
-                label_smoothing=args.label_smoothing_factor,
-                focal_gamma=focal_gamma,
-            )
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            loss_sum += loss.item()  # a device sync per step; cheap next to the backward pass
-            loss_count += 1
-            samples += len(batch.indices)
+            loss = objective(logits, batch.labels.to(device, non_blocking=True))
+            optimization.step(loss, model.parameters())
+            state.step += 1
+            state.window.add(loss.item(), len(batch.indices))  # a device sync per step; cheap next to backward
 
-            if step % eval_every == 0 or step == total_steps:
-                throughput = samples / (time.perf_counter() - window_start)
-                point = evaluate(step, loss_sum / loss_count, throughput)
-                curves.append(point)
-                if best.step == 0 or is_better(point, best, args.early_stopping_threshold):
-                    best, evals_without_gain = point, 0
-                    best_state = copy.deepcopy(model.state_dict())
-                else:
-                    evals_without_gain += 1
-                    stopped_early = (
-                        args.early_stopping_patience is not None and evals_without_gain >= args.early_stopping_patience
-                    )
-                loss_sum, loss_count, samples, window_start = 0.0, 0, 0, time.perf_counter()
+            if state.step % schedule.eval_every == 0 or state.step == schedule.total_steps:
+                point = evaluate_at(state.step, state.window)
+                state.curves.append(point)
+                state.selector.offer(point, model)
+                state.window = RunningLoss()
             elapsed = time.perf_counter() - train_started
             on_progress(
                 Progress(
                     "training",
-                    epoch=round(step / steps_per_epoch, 3),
-                    step=step,
-                    total_steps=total_steps,
-                    eta_seconds=elapsed / step * (total_steps - step),
-                    metrics={"val_macro_f1": curves[-1].val_macro_f1, "val_loss": curves[-1].val_loss},
+                    epoch=schedule.epoch(state.step),
+                    step=state.step,
+                    total_steps=schedule.total_steps,
+                    eta_seconds=elapsed / state.step * (schedule.total_steps - state.step),
+                    metrics={"val_macro_f1": state.curves[-1].val_macro_f1, "val_loss": state.curves[-1].val_loss},
                 )
             )
-            if step >= total_steps or stopped_early:
+            if state.step >= schedule.total_steps or state.selector.should_stop:
                 break
     train_seconds = time.perf_counter() - train_started
 
     # restore the selected checkpoint, then calibrate on validation
-    on_progress(Progress("calibrating", step=step, total_steps=total_steps))
-    if args.load_best_model_at_end:
-        model.load_state_dict(best_state)
-        selected_step = best.step
-    else:
-        selected_step = curves[-1].step
-    run = dict(batch_size=args.per_device_eval_batch_size, pad_id=pad_id, device=device, autocast=autocast)
-    val_logits, _ = score(model, val_ids, val_y, **run)  # type: ignore[arg-type]
-    val_labels = np.array(val_y)
-    temperature = evaluation.fit_temperature(val_logits, val_labels) if args.calibrate else 1.0
-    bias = (
-        evaluation.tune_class_bias(val_logits, val_labels, temperature, counts / counts.sum())
-        if args.tune_decision_rule
-        else np.zeros(len(label_names))
-    )
-    val_scores = _split_scores(val_logits, val_labels, temperature, bias, label_names)
+    on_progress(Progress("calibrating", step=state.step, total_steps=schedule.total_steps))
+    selected = state.selector.restore_best(model) if args.load_best_model_at_end else state.curves[-1]
+    val_logits, _ = score(model, data.validation, config)
+    val_labels = np.array(data.validation.labels)
+    calibration = calibrate(val_logits, val_labels, counts, args)
+
+    # final scores
+    val_scores = calibration.scores(val_logits, val_labels, data.label_names)
     test_scores = None
-    if splits.test is not None:
-        test_ids, test_y = encoded(splits.test)
-        test_logits, _ = score(model, test_ids, test_y, **run)  # type: ignore[arg-type]
-        test_scores = _split_scores(test_logits, np.array(test_y), temperature, bias, label_names)
+    if data.test is not None:
+        test_logits, _ = score(model, data.test, config)
+        test_scores = calibration.scores(test_logits, np.array(data.test.labels), data.label_names)
 
     # save
-    on_progress(Progress("saving", step=step, total_steps=total_steps))
-    output_dir = Path(output_dir)
+    on_progress(Progress("saving", step=state.step, total_steps=schedule.total_steps))
     result = RunResult(
-        output_dir=output_dir,
+        output_dir=Path(output_dir),
         base_model=base_model,
-        data_sha256={
-            role: hashlib.sha256(Path(p).read_bytes()).hexdigest()
-            for role, p in (("train", data_path), ("validation", validation_path), ("test", test_path))
-            if p is not None
-        },
-        label_names=label_names,
-        curves=curves,
-        best_step=selected_step,
-        stopped_early=stopped_early,
-        temperature=temperature,
-        class_bias=[float(b) for b in bias],
+        data_sha256=_sha256_of_files(train=data_path, validation=validation_path, test=test_path),
+        label_names=data.label_names,
+        curves=state.curves,
+        best_step=selected.step,
+        stopped_early=state.selector.should_stop,
+        temperature=calibration.temperature,
+        class_bias=[float(b) for b in calibration.class_bias],
         class_weights=weights.tolist() if weights is not None else None,
         validation=val_scores,
         test=test_scores,
         data_report=data_report,
         split_sizes={
-            "train": len(train_ids),
-            "validation": len(val_ids),
-            "test": len(splits.test) if splits.test is not None else 0,
+            "train": len(data.train),
+            "validation": len(data.validation),
+            "test": len(data.test) if data.test is not None else 0,
         },
         train_class_counts=counts.tolist(),
         train_seconds=train_seconds,
@@ -426,45 +556,10 @@ def fine_tune(
     on_progress(
         Progress(
             "done",
-            epoch=round(step / steps_per_epoch, 3),
-            step=step,
-            total_steps=total_steps,
+            epoch=schedule.epoch(state.step),
+            step=state.step,
+            total_steps=schedule.total_steps,
             metrics={"val_macro_f1": val_scores.macro_f1},
         )
     )
     return result
-
-
-def save_run(
-    result: RunResult,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    args: TrainingArguments,
-    validation: LabelledData,
-    validation_logits: np.ndarray,
-) -> None:
-    """Write the selected model, the arguments, the curves, the plots and the report.
-
-    The validation rows and their logits are kept too: diagnosis, the ONNX parity check
-    and the drift reference statistics are all computed on them.
-    """
-    out = result.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    write_labelled_csv(validation, out / VALIDATION_CSV)
-    np.save(out / VALIDATION_LOGITS, validation_logits)
-    model.save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "model")
-    (out / "arguments.json").write_text(args.model_dump_json(indent=2))
-    save_curves(result.curves, result.best_step, out / "curves.json")
-    plot_curves(result.curves, result.best_step, out / "learning_curves.png", title=f"fitgate run: {out.name}")
-    final = result.test or result.validation
-    plot_confusion(
-        np.array(final.confusion),
-        result.label_names,
-        out / "confusion_matrix.png",
-        title="confusion matrix (" + ("test" if result.test else "validation") + ")",
-    )
-    report = asdict(result)
-    report["output_dir"] = str(out)
-    report["fitgate_version"] = fitgate.__version__
-    write_text_atomic(out / "report.json", json.dumps(report, indent=2))  # last: its presence means complete

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -55,10 +56,12 @@ def load_classifier(base_model: str, label_names: list[str], *, dropout: float |
         )
         torch.manual_seed(seed)
         verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # the "newly initialized head" notice is expected here
-        hf_logging.disable_progress_bar()  # fitgate reports its own progress
+        hf_logging.set_verbosity(logging.ERROR)  # the "newly initialized head" notice is expected here
+        # fitgate reports its own progress
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers
         try:
-            return AutoModelForSequenceClassification.from_pretrained(base_model, config=config)
+            model: PreTrainedModel = AutoModelForSequenceClassification.from_pretrained(base_model, config=config)
+            return model
         finally:
             hf_logging.set_verbosity(verbosity)
     except (OSError, ValueError, KeyError) as exc:

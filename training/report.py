@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from training.loop import RunResult
+from training.rundir import RunResult
 
 
 def format_report(result: RunResult) -> str:

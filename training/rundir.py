@@ -1,30 +1,145 @@
-"""Reading a finished run directory back: what diagnosis and export need, typed."""
+"""The run directory: the one module that knows its file names, and writes and reads it.
+
+A run directory is complete once ``report.json`` exists: :func:`save_run` writes it last.
+The torch-free serving process imports this module to read reports, so it imports no torch,
+transformers, matplotlib or scikit-learn at module level (the model types are for mypy only,
+the plots import matplotlib when drawn).
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
-from fitgate.errors import FitgateError
+import fitgate
+from fitgate.errors import RunDirectoryError
+from fitgate.files import write_text_atomic
 from training.arguments import TrainingArguments
-from training.curves import CurvePoint, load_curves
-from training.data import LabelledData, read_labelled_file
-from training.evaluation import predict
+from training.curves import CurvePoint, load_curves, plot_confusion, plot_curves, save_curves
+from training.data import DataReport, LabelledData, read_labelled_file, write_labelled_csv
+from training.decision import decide
+from training.evaluation import ClassScores
 
-REQUIRED = ("report.json", "curves.json", "arguments.json", "validation.csv", "validation_logits.npy", "model")
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+REPORT = "report.json"  # RunResult as JSON; written last, so its presence means the run is complete
+CURVES = "curves.json"
+ARGUMENTS = "arguments.json"
+VALIDATION_CSV = "validation.csv"  # diagnosis, the export's parity check and drift statistics use these rows
+VALIDATION_LOGITS = "validation_logits.npy"
+MODEL_DIR = "model"  # the selected checkpoint and its tokenizer, as Hugging Face save_pretrained writes them
+DIAGNOSIS = "diagnosis.json"  # written by the gate after the run, not by save_run
+LEARNING_CURVES_PNG = "learning_curves.png"
+CONFUSION_PNG = "confusion_matrix.png"
+
+REQUIRED = (REPORT, CURVES, ARGUMENTS, VALIDATION_CSV, VALIDATION_LOGITS, MODEL_DIR)
+REPORT_FILES = (REPORT, CURVES, DIAGNOSIS, LEARNING_CURVES_PNG, CONFUSION_PNG)  # what a bundle's report/ holds
+PRIVATE_REPORT_KEYS = ("output_dir", "base_model")  # server paths: never shown to a client
 
 
-class RunDirectoryError(FitgateError):
-    status_code = 422
+@dataclass(frozen=True)
+class SplitScores:
+    """Scores of the final model (calibrated, decision rule applied) on one split."""
+
+    macro_f1: float
+    accuracy: float
+    ece_before_calibration: float
+    ece_after_calibration: float
+    per_class: list[ClassScores]
+    confusion: list[list[int]]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Everything a run produced; the run directory holds the same as files."""
+
+    output_dir: Path
+    base_model: str
+    data_sha256: dict[str, str]
+    label_names: list[str]
+    curves: list[CurvePoint]
+    best_step: int
+    stopped_early: bool
+    temperature: float
+    class_bias: list[float]
+    class_weights: list[float] | None
+    validation: SplitScores
+    test: SplitScores | None
+    data_report: DataReport
+    split_sizes: dict[str, int]
+    train_class_counts: list[int]
+    train_seconds: float
+    total_seconds: float
+    device: str
+
+
+def save_run(
+    result: RunResult,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    args: TrainingArguments,
+    validation: LabelledData,
+    validation_logits: NDArray[np.float32],
+) -> None:
+    """Write the selected model, the arguments, the curves, the plots and the report.
+
+    The validation rows and their logits are kept too: diagnosis, the ONNX parity check
+    and the drift reference statistics are all computed on them.
+    """
+    out = result.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    write_labelled_csv(validation, out / VALIDATION_CSV)
+    np.save(out / VALIDATION_LOGITS, validation_logits)
+    model.save_pretrained(out / MODEL_DIR)
+    tokenizer.save_pretrained(out / MODEL_DIR)
+    (out / ARGUMENTS).write_text(args.model_dump_json(indent=2))
+    save_curves(result.curves, result.best_step, out / CURVES)
+    plot_curves(result.curves, result.best_step, out / LEARNING_CURVES_PNG, title=f"fitgate run: {out.name}")
+    final = result.test or result.validation
+    plot_confusion(
+        np.array(final.confusion),
+        result.label_names,
+        out / CONFUSION_PNG,
+        title="confusion matrix (" + ("test" if result.test else "validation") + ")",
+    )
+    report = asdict(result)
+    report["output_dir"] = str(out)
+    report["fitgate_version"] = fitgate.__version__
+    write_text_atomic(out / REPORT, json.dumps(report, indent=2))  # last: its presence means complete
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    parsed: dict[str, Any] = json.loads(path.read_text())
+    return parsed
+
+
+def read_public_report(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The client-facing report of a run, and its diagnosis (None before the gate has run).
+
+    Works on a run the gate has not seen or that never got a model. Server paths are left
+    out. Raises :class:`RunDirectoryError` while ``report.json`` is not written yet.
+    """
+    try:
+        report = _read_json(path / REPORT)
+    except FileNotFoundError as exc:
+        raise RunDirectoryError(f"{path} has no {REPORT} yet: the run has not finished") from exc
+    for key in PRIVATE_REPORT_KEYS:
+        report.pop(key, None)
+    diagnosis = path / DIAGNOSIS
+    return report, _read_json(diagnosis) if diagnosis.is_file() else None
 
 
 @dataclass(frozen=True)
 class RunDirectory:
+    """A complete run directory, read lazily: what diagnosis and export need, typed."""
+
     path: Path
 
     @classmethod
@@ -38,15 +153,15 @@ class RunDirectory:
 
     @cached_property
     def report(self) -> dict[str, Any]:
-        return json.loads((self.path / "report.json").read_text())
+        return _read_json(self.path / REPORT)
 
     @cached_property
     def arguments(self) -> TrainingArguments:
-        return TrainingArguments.model_validate_json((self.path / "arguments.json").read_text())
+        return TrainingArguments.model_validate_json((self.path / ARGUMENTS).read_text())
 
     @property
     def model_dir(self) -> Path:
-        return self.path / "model"
+        return self.path / MODEL_DIR
 
     @property
     def label_names(self) -> list[str]:
@@ -57,32 +172,43 @@ class RunDirectory:
         return float(self.report["temperature"])
 
     @property
-    def class_bias(self) -> np.ndarray:
+    def class_bias(self) -> NDArray[np.float64]:
         return np.array(self.report["class_bias"], dtype=np.float64)
 
     @cached_property
     def curves(self) -> tuple[list[CurvePoint], int]:
-        return load_curves(self.path / "curves.json")
+        return load_curves(self.path / CURVES)
 
     @cached_property
     def validation(self) -> LabelledData:
-        return read_labelled_file(self.path / "validation.csv", max_text_chars=10**9)[0]
+        return read_labelled_file(self.path / VALIDATION_CSV, max_text_chars=10**9)[0]
 
     @cached_property
-    def validation_labels(self) -> np.ndarray:
+    def validation_labels(self) -> NDArray[np.intp]:
         index = {name: i for i, name in enumerate(self.label_names)}
-        return np.array([index[label] for label in self.validation.labels])
+        return np.array([index[label] for label in self.validation.labels], dtype=np.intp)
 
     @cached_property
-    def validation_logits(self) -> np.ndarray:
-        return np.load(self.path / "validation_logits.npy")
+    def validation_logits(self) -> NDArray[np.float32]:
+        logits: NDArray[np.float32] = np.load(self.path / VALIDATION_LOGITS)
+        return logits
 
     @property
-    def validation_predictions(self) -> np.ndarray:
+    def validation_predictions(self) -> NDArray[np.intp]:
         """What the exported model would answer: temperature and decision rule applied."""
-        return predict(self.validation_logits, self.temperature, self.class_bias)
+        return decide(self.validation_logits, self.temperature, self.class_bias)
 
     @property
-    def train_labels(self) -> np.ndarray:
+    def train_labels(self) -> NDArray[np.intp]:
         counts = self.report["train_class_counts"]
         return np.repeat(np.arange(len(counts)), counts)
+
+    @property
+    def diagnosis(self) -> dict[str, Any] | None:
+        """The gate's verdict as written by :meth:`write_diagnosis`; None before the gate has run."""
+        path = self.path / DIAGNOSIS
+        return _read_json(path) if path.is_file() else None
+
+    def write_diagnosis(self, diagnosis: dict[str, Any]) -> None:
+        """Atomically: a client polling the report never reads half a verdict."""
+        write_text_atomic(self.path / DIAGNOSIS, json.dumps(diagnosis, indent=2))

@@ -6,12 +6,17 @@ Identical texts form one group and go to one split together; groups are dealt pe
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 from fitgate.errors import DataError
-from training.data import LabelledData
+from training.arguments import TrainingArguments
+from training.data import DataReport, LabelledData, read_labelled_file
+
+log = logging.getLogger(__name__)
 
 MIN_PER_SPLIT = 1  # each class needs at least this many examples in validation and test
 
@@ -82,3 +87,51 @@ def remove_overlap(train: LabelledData, held_out: list[LabelledData]) -> tuple[L
     seen = {text for part in held_out for text in part.texts}
     keep = [i for i, text in enumerate(train.texts) if text not in seen]
     return _subset(train, keep), len(train) - len(keep)
+
+
+def load_splits(
+    data_path: Path,
+    args: TrainingArguments,
+    validation_path: Path | None = None,
+    test_path: Path | None = None,
+) -> tuple[Splits, DataReport]:
+    """Read the file(s) and split; separate validation/test files replace the carved splits.
+
+    The report describes the training file. Raises :class:`DataError` when a held-out label
+    never occurs in training: the model could not predict it, and its scores would mislead.
+    """
+
+    def read(path: Path) -> tuple[LabelledData, DataReport]:
+        return read_labelled_file(
+            path,
+            text_column=args.text_column,
+            label_column=args.label_column,
+            max_text_chars=args.max_text_chars,
+            max_empty_share=args.max_empty_share,
+        )
+
+    data, report = read(data_path)
+    given_val = read(validation_path)[0] if validation_path else None
+    given_test = read(test_path)[0] if test_path else None
+    splits = (
+        split_data(
+            data,
+            validation_size=0.0 if given_val else args.validation_size,
+            test_size=0.0 if given_test else args.test_size,
+            seed=args.seed,
+        )
+        if not (given_val and given_test)
+        else Splits(data, given_val, given_test)
+    )
+    validation = given_val or splits.validation
+    test = given_test or splits.test
+    train, leaked = remove_overlap(splits.train, [p for p in (given_val, given_test) if p is not None])
+    if leaked:
+        log.warning("dropped %d training rows whose text also appears in the validation/test file", leaked)
+    unknown = sorted({*validation.labels, *(test.labels if test else [])} - set(train.labels))
+    if unknown:
+        raise DataError(
+            f"labels {unknown[:5]} appear in the validation/test data but never in training; "
+            "add training examples for them or remove them"
+        )
+    return Splits(train, validation, test), report

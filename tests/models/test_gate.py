@@ -86,7 +86,7 @@ def test_a_failed_fusion_ships_the_unfused_graph_with_the_reason(
     classifier = OnnxClassifier(registry.bundle_path(NAME), precision="fp32")
     classifier.load()
     run = RunDirectory.open(healthy_run)
-    assert [a.label for a in classifier.predict(run.validation.texts)] == [
+    assert [a.label for a in classifier.predict(run.validation.texts).answers()] == [
         run.label_names[i] for i in run.validation_predictions
     ]
 
@@ -97,7 +97,7 @@ def test_the_served_model_answers_like_the_trained_one(healthy_run: Path, settin
     run = RunDirectory.open(healthy_run)
     classifier = OnnxClassifier(registry.bundle_path(NAME), precision="fp32")
     classifier.load()
-    answers = classifier.predict(run.validation.texts)
+    answers = classifier.predict(run.validation.texts).answers()
     expected = [run.label_names[i] for i in run.validation_predictions]
     assert [a.label for a in answers] == expected
     assert all(abs(sum(a.probabilities.values()) - 1) < 1e-5 for a in answers)
@@ -180,7 +180,7 @@ def test_truncated_inputs_are_flagged(healthy_run: Path, settings: Settings) -> 
     release(healthy_run, NAME, settings, registry, promote=True)
     classifier = OnnxClassifier(registry.bundle_path(NAME))
     classifier.load()
-    short, long = classifier.predict(["win cash", "win cash " * 200])
+    short, long = classifier.predict(["win cash", "win cash " * 200]).answers()
     assert not short.truncated and long.truncated
     assert np.isclose(sum(long.probabilities.values()), 1.0)
 
@@ -211,7 +211,7 @@ def assert_only_the_previous_version_exists_and_serves(settings: Settings, previ
     classifier = OnnxClassifier(registry.bundle_path(NAME), precision="fp32")
     classifier.load()  # verifies every file against the manifest
     trained = RunDirectory.open(run)
-    answers = [a.label for a in classifier.predict(trained.validation.texts)]
+    answers = [a.label for a in classifier.predict(trained.validation.texts).answers()]
     assert answers == [trained.label_names[i] for i in trained.validation_predictions]
 
 

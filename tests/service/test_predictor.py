@@ -74,7 +74,7 @@ def test_every_batch_is_observed_by_the_monitor() -> None:
         model = _model(CountingClassifier(), monitor)
         task = asyncio.create_task(Batcher(max_size=64, max_wait_ms=20).run(model))
         await asyncio.gather(*(_ask(model, [f"t{i}"]) for i in range(6)))
-        assert sorted(t for batch in monitor.batches for t in batch) == sorted(f"t{i}" for i in range(6))
+        assert sorted(t for batch in monitor.batches for t in batch.texts) == sorted(f"t{i}" for i in range(6))
         task.cancel()
 
     asyncio.run(scenario())

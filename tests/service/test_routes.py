@@ -48,12 +48,12 @@ def upload(client: TestClient, team: str = "team-a", parameters: str = "{}", bod
         files={"file": ("d.csv", body)},
         data={"model_name": f"{team}/spam", "parameters": parameters},
     )
-    return {"status": response.status_code, **response.json()}
+    return {**response.json(), "http": response.status_code}
 
 
 def test_a_valid_upload_is_queued_as_a_job(client: TestClient) -> None:
     accepted = upload(client)
-    assert accepted["status"] == 202 and accepted["job_id"]
+    assert accepted["http"] == 202 and accepted["job_id"]
     job = client.get(f"/jobs/{accepted['job_id']}", headers=bearer("team-a")).json()
     assert (job["status"], job["model"]) == ("queued", "team-a/spam")
 
@@ -63,7 +63,7 @@ def test_device_cuda_on_a_server_without_gpu_is_refused_at_submit_with_the_setti
     client: TestClient, settings: Settings
 ) -> None:
     refused = upload(client, parameters='{"device": "cuda"}')
-    assert refused["status"] == 422
+    assert refused["http"] == 422
     error = refused["error"]
     assert isinstance(error, dict) and error["type"] == "DeviceUnavailable"
     assert "device" in error["message"] and "no CUDA device" in error["message"] and "'auto'" in error["message"]
@@ -82,7 +82,7 @@ def test_device_cuda_on_a_server_without_gpu_is_refused_at_submit_with_the_setti
 )
 def test_bad_parameters_are_a_422_that_names_the_problem(client: TestClient, parameters: str, says: str) -> None:
     refused = upload(client, parameters=parameters)
-    assert refused["status"] == 422
+    assert refused["http"] == 422
     assert says in str(refused["error"])
 
 

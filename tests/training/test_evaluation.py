@@ -1,10 +1,51 @@
-"""Calibration and the decision rule."""
+"""Scores, calibration and the decision rule."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
-from training.evaluation import expected_calibration_error, fit_temperature, predict, softmax, tune_class_bias
+from training.decision import decide, softmax
+from training.evaluation import (
+    confusion,
+    expected_calibration_error,
+    fit_temperature,
+    macro_f1,
+    per_class_table,
+    tune_class_bias,
+)
+
+
+def _random_predictions(seed: int, k: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and predictions over k classes where some classes are never true and some never predicted."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(k, size=n, p=rng.dirichlet(np.full(k, 0.3)))
+    predictions = np.where(rng.random(n) < 0.6, labels, rng.integers(0, k, n))
+    predictions[predictions == k - 1] = 0  # the last class is never predicted
+    labels[labels == 1] = 0  # and class 1 never occurs
+    return labels, predictions
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_macro_f1_equals_scikit_learn_including_absent_classes(seed: int) -> None:
+    k = 2 + seed % 7
+    labels, predictions = _random_predictions(seed, k, n=5 + 13 * seed)
+    expected = f1_score(labels, predictions, labels=list(range(k)), average="macro", zero_division=0)
+    assert macro_f1(labels, predictions, k) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_per_class_scores_and_confusion_equal_scikit_learn(seed: int) -> None:
+    k = 3 + seed
+    labels, predictions = _random_predictions(seed, k, n=200)
+    p, r, f, s = precision_recall_fscore_support(labels, predictions, labels=list(range(k)), zero_division=0)
+    table = per_class_table(labels, predictions, [f"c{i}" for i in range(k)])
+    assert [c.precision for c in table] == pytest.approx(p.tolist(), abs=1e-12)
+    assert [c.recall for c in table] == pytest.approx(r.tolist(), abs=1e-12)
+    assert [c.f1 for c in table] == pytest.approx(f.tolist(), abs=1e-12)
+    assert [c.support for c in table] == s.tolist()
+    assert confusion(labels, predictions, k).tolist() == confusion_matrix(labels, predictions, labels=range(k)).tolist()
 
 
 def test_temperature_scaling_recovers_a_known_overconfidence() -> None:
@@ -27,7 +68,7 @@ def test_binary_threshold_is_moved_when_it_helps_the_minority_class() -> None:
     logits = np.stack([np.zeros(1000), margin], axis=1)
     bias = tune_class_bias(logits, labels, 1.0, np.array([0.9, 0.1]))
     assert bias[1] > 0
-    assert (predict(logits, 1.0, bias)[labels == 1] == 1).mean() > 0.8
+    assert (decide(logits, 1.0, bias)[labels == 1] == 1).mean() > 0.8
 
 
 def test_decision_rule_stays_plain_argmax_when_that_is_already_best() -> None:

@@ -1,4 +1,4 @@
-"""The fine-tuning run end to end on a tiny BERT: outputs, early stopping, cancel, progress."""
+"""The fine-tuning run end to end on a tiny BERT (outputs, early stopping, cancel, progress), and its helpers."""
 
 from __future__ import annotations
 
@@ -10,13 +10,28 @@ import numpy as np
 import pytest
 import torch
 
-from fitgate.errors import TrainingCancelled
+from fitgate.errors import ArgumentsError, DeviceUnavailable, TrainingCancelled
 from tests.conftest import keyword_rows, write_csv
+from training import rundir
 from training.arguments import TrainingArguments
 from training.curves import CurvePoint, load_curves
-from training.loop import fine_tune, is_better, load_splits, score
+from training.loop import (
+    CheckpointSelector,
+    Encoded,
+    EvaluationConfig,
+    evaluate,
+    fine_tune,
+    is_better,
+    minority_classes,
+    pick_device,
+    plan_schedule,
+    score,
+)
 from training.modeling import load_classifier, load_tokenizer
 from training.progress import Progress
+from training.splits import load_splits
+
+CPU = EvaluationConfig(batch_size=64, pad_id=0, device=torch.device("cpu"), autocast=None)
 
 
 def _args(tiny_model_dir: Path, **overrides: object) -> TrainingArguments:
@@ -28,7 +43,7 @@ def _args(tiny_model_dir: Path, **overrides: object) -> TrainingArguments:
         train_eval_size=100,
         max_length=32,
     )
-    return TrainingArguments(**{**values, **overrides})  # type: ignore[arg-type]
+    return TrainingArguments.model_validate({**values, **overrides})
 
 
 def test_run_learns_a_learnable_task_and_writes_the_run_directory(
@@ -52,11 +67,17 @@ def test_run_learns_a_learnable_task_and_writes_the_run_directory(
     assert result.curves[0].val_loss == pytest.approx(np.log(2), abs=0.3)
     report = json.loads((out / "report.json").read_text())
     assert {c["label"] for c in report["test"]["per_class"]} == {"ham", "spam"}
-    assert TrainingArguments.model_validate_json((out / "arguments.json").read_text()) == result_args(out)
 
 
-def result_args(out: Path) -> TrainingArguments:
-    return TrainingArguments.model_validate(json.loads((out / "arguments.json").read_text()))
+def test_the_run_directory_keeps_the_arguments_it_was_trained_with(
+    tiny_model_dir: Path, keyword_csv: Path, tmp_path: Path
+) -> None:
+    args = _args(tiny_model_dir, num_train_epochs=1, weight_decay=0.05, long_epoch_eval_steps=250, seed=3)
+    fine_tune(keyword_csv, tmp_path / "run", args)
+    saved = json.loads((tmp_path / "run" / rundir.ARGUMENTS).read_text())
+    assert saved == args.model_dump(mode="json")  # every field, defaults included
+    assert (saved["weight_decay"], saved["long_epoch_eval_steps"], saved["seed"]) == (0.05, 250, 3)
+    assert rundir.RunDirectory.open(tmp_path / "run").arguments == args
 
 
 def test_curves_record_everything_diagnosis_needs(tiny_model_dir: Path, keyword_csv: Path, tmp_path: Path) -> None:
@@ -87,7 +108,7 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_checkpoint(
     result = fine_tune(data, tmp_path / "run", args)
     assert result.stopped_early and result.curves[-1].epoch < 30
     trained = result.curves[1:]
-    best = max(trained, key=lambda p: p.val_macro_f1)
+    best = min(trained, key=lambda p: (-p.val_macro_f1, p.val_loss))  # highest F1, then lowest loss
     assert result.best_step == best.step
     after_best = [p for p in trained if p.step > best.step]
     assert len(after_best) == 2  # exactly the patience
@@ -97,7 +118,7 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_checkpoint(
     model = load_classifier(str(tmp_path / "run" / "model"), ["x", "y"], dropout=None, seed=0)
     ids = [tokenizer(t, truncation=True, max_length=32)["input_ids"] for t in splits.validation.texts]
     labels = [["x", "y"].index(x) for x in splits.validation.labels]
-    _, loss = score(model, ids, labels, batch_size=64, pad_id=0, device=torch.device("cpu"), autocast=None)
+    _, loss = score(model, Encoded(ids, labels), CPU)
     assert loss == pytest.approx(best.val_loss, abs=1e-4)
 
 
@@ -156,3 +177,72 @@ def test_the_best_checkpoint_is_the_highest_f1_then_the_lowest_loss() -> None:
     assert not is_better(_point(20, 1.0, 0.70), first_perfect, threshold=0.0)
     assert not is_better(_point(20, 0.99, 0.10), first_perfect, threshold=0.0)  # F1 decides first
     assert is_better(_point(20, 0.9, 0.9), _point(10, 0.8, 0.1), threshold=0.0)
+
+
+def test_selection_breaks_ties_by_loss_and_stops_after_patience_evaluations_without_gain() -> None:
+    model = torch.nn.Linear(2, 2)
+    selector = CheckpointSelector(patience=2, threshold=0.01)
+    assert selector.offer(_point(10, 0.80, 0.50), model)  # the first trained checkpoint always counts
+    torch.nn.init.ones_(model.weight)
+    assert selector.offer(_point(20, 0.80, 0.40), model)  # same F1, lower loss: kept
+    torch.nn.init.zeros_(model.weight)
+    assert not selector.offer(_point(30, 0.805, 0.60), model)  # an F1 gain below the threshold, at a worse loss
+    assert not selector.should_stop
+    assert not selector.offer(_point(40, 0.70, 0.30), model)
+    assert selector.should_stop and selector.evals_without_gain == 2
+    assert selector.restore_best(model).step == 20
+    assert torch.equal(model.weight, torch.ones(2, 2))  # the weights kept at step 20, not the last ones
+
+
+def test_a_gain_resets_the_patience_count() -> None:
+    selector = CheckpointSelector(patience=2, threshold=0.0)
+    model = torch.nn.Linear(2, 2)
+    for step, f1 in ((10, 0.5), (20, 0.4), (30, 0.6), (40, 0.5)):
+        selector.offer(_point(step, f1, 0.5), model)
+    assert not selector.should_stop and selector.evals_without_gain == 1
+
+
+def test_without_patience_the_run_never_stops_early() -> None:
+    selector = CheckpointSelector(patience=None, threshold=0.0)
+    model = torch.nn.Linear(2, 2)
+    for step in range(1, 20):
+        selector.offer(_point(step * 10, 0.5 - step / 100, 0.5), model)
+    assert not selector.should_stop
+
+
+def test_evaluate_scores_validation_and_the_training_subset_in_eval_mode(tiny_model_dir: Path) -> None:
+    model = load_classifier(str(tiny_model_dir), ["ham", "spam"], dropout=0.5, seed=0)
+    model.train()
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    texts, labels = zip(*keyword_rows(40), strict=True)
+    data = Encoded([tokenizer(t)["input_ids"] for t in texts], [["ham", "spam"].index(x) for x in labels])
+    point = evaluate(model, data, data.subset([0, 1, 2]), CPU, step=7, epoch=0.5, learning_rate=1e-3)
+    again = evaluate(model, data, data.subset([0, 1, 2]), CPU, step=7, epoch=0.5, learning_rate=1e-3)
+    assert point == again  # dropout is off while scoring, so scores are repeatable
+    assert model.training  # and the model is handed back in training mode
+    logits, loss = score(model, data, CPU)
+    assert point.val_loss == loss and logits.shape == (40, 2)
+    assert point.val_accuracy == float((logits.argmax(1) == np.array(data.labels)).mean())
+    assert (point.step, point.epoch, point.learning_rate, point.train_loss) == (7, 0.5, 1e-3, None)
+    assert point.peak_gpu_memory_mb is None  # on CPU
+
+
+def test_requesting_cuda_without_a_gpu_names_the_argument_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceUnavailable, match=r"device is 'cuda'.*no CUDA device.*'auto'.*'cpu'") as raised:
+        pick_device("cuda")
+    assert isinstance(raised.value, ArgumentsError) and raised.value.status_code == 422
+    assert pick_device("auto") == torch.device("cpu")
+
+
+def test_long_epochs_are_evaluated_several_times_and_short_ones_once(tiny_model_dir: Path) -> None:
+    args = _args(tiny_model_dir, per_device_train_batch_size=1, long_epoch_steps=100, long_epoch_eval_steps=40)
+    assert plan_schedule(100, args).eval_every == 100  # an epoch of exactly long_epoch_steps is short
+    assert plan_schedule(101, args).eval_every == 40
+    assert plan_schedule(101, _args(tiny_model_dir, per_device_train_batch_size=1, eval_steps=7)).eval_every == 7
+
+
+def test_augmentation_targets_classes_below_the_share_of_the_largest() -> None:
+    counts = np.array([100, 49, 50, 10])
+    assert minority_classes(counts, 0.5) == {1, 3}
+    assert minority_classes(counts, 0.05) == frozenset()

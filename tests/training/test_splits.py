@@ -1,14 +1,17 @@
-"""Splits: stratified, seeded, and leak-free."""
+"""Splits: stratified, seeded, leak-free, and consistent with given validation/test files."""
 
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from fitgate.errors import DataError
+from tests.conftest import write_csv
+from training.arguments import TrainingArguments
 from training.data import LabelledData
-from training.splits import remove_overlap, split_data
+from training.splits import load_splits, remove_overlap, split_data
 
 
 def _data(counts: dict[str, int], duplicates: int = 0) -> LabelledData:
@@ -66,3 +69,24 @@ def test_rows_also_in_a_given_validation_file_are_removed_from_training() -> Non
     train = LabelledData(["a", "b", "c"], ["x", "y", "x"])
     cleaned, dropped = remove_overlap(train, [LabelledData(["b"], ["y"])])
     assert (cleaned.texts, dropped) == (["a", "c"], 1)
+
+
+def _args(**values: object) -> TrainingArguments:
+    return TrainingArguments.model_validate(values)
+
+
+def test_a_label_only_in_the_validation_file_is_a_data_error_naming_it(tmp_path: Path) -> None:
+    train = write_csv(tmp_path / "train.csv", [(f"text {i}", "ham" if i % 2 else "spam") for i in range(40)])
+    validation = write_csv(tmp_path / "val.csv", [("hello", "ham"), ("win", "spam"), ("where is it", "lost")])
+    with pytest.raises(DataError, match=r"\['lost'\] appear in the validation/test data but never in training"):
+        load_splits(train, _args(), validation_path=validation)
+
+
+def test_a_given_validation_file_replaces_the_carved_split_and_leaves_training(tmp_path: Path) -> None:
+    rows = [(f"text {i}", "ham" if i % 2 else "spam") for i in range(40)]
+    train = write_csv(tmp_path / "train.csv", rows)
+    validation = write_csv(tmp_path / "val.csv", [rows[0], ("other", "ham")])
+    splits, report = load_splits(train, _args(test_size=0.0), validation_path=validation)
+    assert splits.validation.texts == ["text 0", "other"]
+    assert "text 0" not in splits.train.texts and len(splits.train) == 39
+    assert splits.test is None and report.rows_kept == 40
