@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -53,13 +54,37 @@ def test_out_of_bounds_option_is_refused_with_its_name(capsys: pytest.CaptureFix
     assert "learning_rate: Input should be less than or equal to 0.01" in capsys.readouterr().err
 
 
+def test_literal_none_and_optional_none_both_reach_the_run(tmp_path: Path) -> None:
+    """ "none" is a value of --class-weighting (kept as the word) and null for --early-stopping-patience."""
+    from fitgate.cli import build_parser
+    from training.arguments import parse_arguments
+
+    ns = build_parser().parse_args(
+        [
+            "finetune",
+            "d.csv",
+            "-o",
+            str(tmp_path / "r"),
+            "--class-weighting",
+            "none",
+            "--early-stopping-patience",
+            "none",
+        ]
+    )
+    args = parse_arguments(
+        {"class_weighting": ns.class_weighting, "early_stopping_patience": ns.early_stopping_patience}
+    )
+    assert (args.class_weighting, args.early_stopping_patience) == ("none", None)
+
+
 def test_finetune_prints_the_table_macro_f1_and_the_verdict(
     capsys: pytest.CaptureFixture[str], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     """Five steps cannot fit anything: the run reports in full, then the gate blocks it (exit code 3)."""
     code = main(
         ["finetune", str(EXAMPLE_CSV), "-o", str(tmp_path / "run"), "--base-model", str(tiny_model_dir),
-         "--max-steps", "5", "--early-stopping-patience", "none", "--quiet", "--model-name", "cli/test"]
+         "--max-steps", "5", "--early-stopping-patience", "none", "--class-weighting", "none", "--quiet",
+         "--model-name", "cli/test"]
     )  # fmt: skip
     assert code == 3
     out = capsys.readouterr().out
@@ -68,6 +93,8 @@ def test_finetune_prints_the_table_macro_f1_and_the_verdict(
     assert "verdict: BLOCKED (underfit" in out and "remedy:" in out
     assert (tmp_path / "run" / "learning_curves.png").is_file()
     assert not list(tmp_path.rglob("*.onnx"))
+    saved = json.loads((tmp_path / "run" / "arguments.json").read_text())
+    assert (saved["class_weighting"], saved["early_stopping_patience"]) == ("none", None)
 
 
 def test_models_commands_manage_versions(capsys: pytest.CaptureFixture[str], healthy_run: Path, tmp_path: Path) -> None:
