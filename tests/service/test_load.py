@@ -37,6 +37,9 @@ def _rss_mb(pid: int) -> float:
     return total / 2**20
 
 
+MAX_GROWTH_MB = 48
+
+
 def test_predict_under_load_while_promoting_three_times(
     tmp_path: Path, tiny_model_dir: Path, healthy_run: Path
 ) -> None:
@@ -81,6 +84,8 @@ def test_predict_under_load_while_promoting_three_times(
     assert result["requests"] > 4 * CONCURRENCY, "the load generator barely ran"
     assert set(result["versions"]) == set(versions), "every answer names a complete, registered version"
     after_warmup = [mb for t, mb in rss if t >= WARMUP + SECONDS / 8]
-    growth = (after_warmup[-1] - after_warmup[0]) / after_warmup[0]
-    print(json.dumps({**result, "rss_mb": [after_warmup[0], after_warmup[-1]], "rss_growth": growth}))
-    assert growth < 0.05, f"server memory grew {growth:.1%} during three promotions"
+    growth = after_warmup[-1] - after_warmup[0]
+    print(json.dumps({**result, "rss_mb": [after_warmup[0], after_warmup[-1]], "rss_growth_mb": growth}))
+    # An absolute bound: since serving stopped importing torch the process tree holds ~0.44 GB, not ~1.2 GB, so
+    # the former 5% of it (~60 MB then) would now flag ordinary allocator warm-up (24 MB measured in CI).
+    assert growth < MAX_GROWTH_MB, f"server memory grew {growth:.0f} MB during three promotions"
