@@ -116,9 +116,15 @@ class _ProgressBar:
     def __call__(self, progress: Progress) -> None:
         if not self.enabled:
             return
+        if progress.phase == "loading" and progress.attempt > 1:
+            tqdm.write(
+                f"[attempt {progress.attempt} of {progress.attempts_allowed}] {progress.attempt_reason}",
+                file=sys.stderr,
+            )
         if progress.phase == "training":
             if self.bar is None:
-                self.bar = tqdm(total=progress.total_steps, unit="step", desc="training", dynamic_ncols=True)
+                desc = "training" if progress.attempts_allowed == 1 else f"training (attempt {progress.attempt})"
+                self.bar = tqdm(total=progress.total_steps, unit="step", desc=desc, dynamic_ncols=True)
             self.bar.update(progress.step - self.bar.n)
             self.bar.set_postfix(epoch=f"{progress.epoch:.2f}", val_f1=f"{progress.metrics.get('val_macro_f1', 0):.3f}")
         elif progress.phase in ("calibrating", "done") and self.bar is not None:
@@ -168,23 +174,63 @@ def _finetune(ns: argparse.Namespace) -> int:
     name = ModelName.parse(ns.model_name) if ns.model_name else _default_model_name(ns.output)
     given = {k: v for k, v in vars(ns).items() if k not in reserved}
     args = parse_arguments(given)
-    result = fine_tune(
-        ns.data,
-        ns.output,
-        args,
-        validation_path=ns.validation_file,
-        test_path=ns.test_file,
-        on_progress=_ProgressBar(enabled=not ns.quiet),
-    )
-    print(format_report(result))
     if ns.no_export:
+        result = fine_tune(
+            ns.data,
+            ns.output,
+            args,
+            validation_path=ns.validation_file,
+            test_path=ns.test_file,
+            on_progress=_ProgressBar(enabled=not ns.quiet),
+        )
+        print(format_report(result))
         from models.gate import diagnose_and_record
         from training.rundir import RunDirectory
 
         diagnosis = diagnose_and_record(RunDirectory.open(ns.output), Settings())
         print(diagnosis.summary())
         return 0 if diagnosis.passed else EXIT_BLOCKED
-    return _release(ns.output, name, promote=not ns.no_promote)
+    return _train_and_release(ns, args, name)
+
+
+def _train_and_release(ns: argparse.Namespace, args: TrainingArguments, name: ModelName) -> int:
+    """Train, judge, repair when blocked (--remedy-attempts, default FITGATE_REMEDY_MAX_ATTEMPTS), export."""
+    from models.registry import open_registry
+    from models.repair import JobVerdict, train_and_release
+    from training.report import format_report
+
+    settings = Settings()
+    attempts = settings.remedy_max_attempts if args.remedy_attempts is None else args.remedy_attempts
+    try:
+        repaired = train_and_release(
+            ns.data,
+            ns.output,
+            args,
+            name,
+            settings,
+            open_registry(settings),
+            repair_attempts=attempts,  # on the command line the user is the operator: no server cap
+            promote=not ns.no_promote,
+            validation_path=ns.validation_file,
+            test_path=ns.test_file,
+            on_progress=_ProgressBar(enabled=not ns.quiet),
+        )
+    except GateBlocked as exc:
+        if isinstance(exc.diagnosis, JobVerdict):
+            print(format_report(exc.diagnosis.result))  # the last attempt's, scored on validation only
+        print(exc.message)
+        print(f"the report, curves, per-class table and label_issues.csv stay in {ns.output}")
+        return EXIT_BLOCKED
+    print(format_report(repaired.result))
+    if len(repaired.attempts) > 1:
+        print(f"repaired: attempt {repaired.exported_attempt} passed after {len(repaired.attempts) - 1} blocked")
+        for attempt in repaired.attempts:
+            print(f"  {attempt.number}. {', '.join(attempt.verdicts) or 'passed'}")
+    released = repaired.released
+    print(released.diagnosis.summary())
+    state = "and promoted: it is now the current version" if released.promoted else "(not promoted)"
+    print(f"registered {released.name} version {released.version} {state}")
+    return 0
 
 
 def _models(ns: argparse.Namespace) -> int:

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     gate_min_class_support: int = Field(5, ge=1)
     """Validation examples a class needs before a zero recall counts as degenerate."""
 
+    remedy_max_attempts: int = Field(1, ge=0, le=5)
+    """Repair attempts after a blocked run (each retrains with the remedies for its verdict; the gate's
+    thresholds above stay the same for every attempt). 0 turns repair off; a request may ask for fewer."""
+
     # --- export --------------------------------------------------------------------------------
     parity_min_agreement: float = Field(0.999, ge=0.0, le=1.0)
     """ONNX vs PyTorch argmax agreement required on the validation set."""

@@ -104,6 +104,9 @@ class PointerOut(BaseModel):
 
 
 PNG_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "A PNG plot."}}
+CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {}}, "description": "A CSV file with a header row."}
+}
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -212,12 +215,13 @@ def create_app(settings: Settings) -> FastAPI:
         fitgate.job_for(job_id, caller)
         return JobOut(**fitgate.jobs.retry(job_id).public())
 
-    def run_file(fitgate: Fitgate, job_id: str, caller: Caller, name: str) -> FileResponse:
+    def run_file(fitgate: Fitgate, job_id: str, caller: Caller, name: str, media_type: str) -> FileResponse:
+        """A file of the job's run (its chosen attempt's, when it was repaired)."""
         fitgate.job_for(job_id, caller)
-        path = fitgate.settings.run_dir(job_id) / name
+        path = rundir.resolve(fitgate.settings.run_dir(job_id)) / name
         if not path.is_file():
             raise JobNotFound(f"job {job_id} has no {name} yet; it is written when training ends")
-        return FileResponse(path, media_type="image/png")
+        return FileResponse(path, media_type=media_type)
 
     @app.get("/jobs/{job_id}/report", responses=errors(404))
     async def job_report(job_id: str, fitgate: State, caller: Annotated[Caller, caller_for("finetune")]) -> JobReport:
@@ -232,13 +236,20 @@ def create_app(settings: Settings) -> FastAPI:
     async def job_curves(
         job_id: str, fitgate: State, caller: Annotated[Caller, caller_for("finetune")]
     ) -> FileResponse:
-        return run_file(fitgate, job_id, caller, rundir.LEARNING_CURVES_PNG)
+        return run_file(fitgate, job_id, caller, rundir.LEARNING_CURVES_PNG, "image/png")
 
     @app.get("/jobs/{job_id}/confusion_matrix.png", response_class=FileResponse, responses=PNG_RESPONSE | errors(404))
     async def job_confusion(
         job_id: str, fitgate: State, caller: Annotated[Caller, caller_for("finetune")]
     ) -> FileResponse:
-        return run_file(fitgate, job_id, caller, rundir.CONFUSION_PNG)
+        return run_file(fitgate, job_id, caller, rundir.CONFUSION_PNG, "image/png")
+
+    @app.get("/jobs/{job_id}/label_issues.csv", response_class=FileResponse, responses=CSV_RESPONSE | errors(404))
+    async def job_label_issues(
+        job_id: str, fitgate: State, caller: Annotated[Caller, caller_for("finetune")]
+    ) -> FileResponse:
+        """The rows whose labels look wrong (row number in the upload, text, given and suggested label, quality)."""
+        return run_file(fitgate, job_id, caller, rundir.LABEL_ISSUES, "text/csv")
 
     @app.get("/models", responses=errors())
     async def list_models(fitgate: State, caller: Annotated[Caller, caller_for("predict")]) -> list[ModelVersionOut]:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from fitgate.errors import (
     DiskFull,
@@ -31,13 +32,13 @@ from fitgate.errors import (
     is_out_of_memory,
 )
 from fitgate.settings import Settings
-from models.gate import release
 from models.names import ModelName
 from models.registry import open_registry
+from models.repair import JobVerdict, attempts_for, train_and_release
 from service.jobs import JobStore
 from training.arguments import parse_arguments
-from training.loop import fine_tune
 from training.progress import Progress
+from training.rundir import RunDirectory
 
 log = logging.getLogger("fitgate.worker")
 PROGRESS_EVERY_SECONDS = 1.0
@@ -79,26 +80,40 @@ def run_job(job_id: str, settings: Settings) -> None:
     try:
         args = parse_arguments({**job.arguments, "base_model": settings.base_model})
         with _out_of_resources_named():
-            result = fine_tune(
-                Path(job.upload), run_dir, args, on_progress=reporter, should_cancel=reporter.should_cancel
-            )
-            released = release(
+            repaired = train_and_release(
+                Path(job.upload),
                 run_dir,
+                args,
                 ModelName.parse(job.model_name),
                 settings,
                 open_registry(settings),
+                repair_attempts=attempts_for(args, settings),
                 promote=settings.auto_promote,
                 on_progress=reporter,
+                should_cancel=reporter.should_cancel,
             )
+        result = repaired.result
         store.finish(job_id, "succeeded", result={
-            "version": released.version,
-            "promoted": released.promoted,
-            "diagnosis": released.diagnosis.to_dict(),
+            "version": repaired.released.version,
+            "promoted": repaired.released.promoted,
+            "diagnosis": repaired.released.diagnosis.to_dict(),
             "metrics": {"validation_macro_f1": result.validation.macro_f1,
                         "test_macro_f1": result.test.macro_f1 if result.test else None},
+            "exported_attempt": repaired.exported_attempt,
+            "attempts": [a.to_dict() for a in repaired.attempts],
+            "label_audit": _audit_summary(result.label_audit, job_id),
         })  # fmt: skip
     except GateBlocked as exc:
-        store.finish(job_id, "blocked", reason=exc.message, result={"diagnosis": exc.diagnosis.to_dict()})
+        verdict = exc.diagnosis
+        blocked: dict[str, Any] = {"diagnosis": verdict.to_dict()}
+        if isinstance(verdict, JobVerdict):
+            blocked = {
+                "diagnosis": verdict.diagnosis.to_dict(),
+                "attempts": [a.to_dict() for a in verdict.attempts],
+                "stop_reason": verdict.stop_reason,
+                "label_audit": _audit_summary(RunDirectory.open(run_dir).report.get("label_audit"), job_id),
+            }
+        store.finish(job_id, "blocked", reason=exc.message, result=blocked)
     except TrainingCancelled as exc:
         store.finish(job_id, "cancelled", reason=exc.message)
     except FitgateError as exc:
@@ -116,6 +131,20 @@ def run_job(job_id: str, settings: Settings) -> None:
     except Exception:
         log.exception("job %s failed unexpectedly", job_id)
         store.finish(job_id, "failed", reason="internal error during training; see the worker log on the server")
+
+
+def _audit_summary(audit: dict[str, Any] | None, job_id: str) -> dict[str, Any] | None:
+    """The label audit as a job's result shows it: the estimated noise, per class, and where the rows are."""
+    if not audit:
+        return None
+    return {
+        "flagged": audit["flagged"],
+        "rows_audited": audit["rows_audited"],
+        "estimated_noise_share": audit["estimated_noise_share"],
+        "noise_share_by_class": audit["noise_share_by_class"],
+        "labels_unrelated": audit["labels_unrelated"],
+        "download": f"GET /jobs/{job_id}/label_issues.csv",
+    }
 
 
 @contextmanager

@@ -80,20 +80,25 @@ def test_literal_none_and_optional_none_both_reach_the_run(tmp_path: Path) -> No
 def test_finetune_prints_the_table_macro_f1_and_the_verdict(
     capsys: pytest.CaptureFixture[str], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    """Five steps cannot fit anything: the run reports in full, then the gate blocks it (exit code 3)."""
+    """Five steps cannot fit anything: the run reports in full, then the gate blocks it (exit code 3).
+
+    With repair off the remedy the next attempt would apply is named; the test split stays unscored,
+    because it is scored only for a model that is exported."""
     code = main(
         ["finetune", str(EXAMPLE_CSV), "-o", str(tmp_path / "run"), "--base-model", str(tiny_model_dir),
          "--max-steps", "5", "--early-stopping-patience", "none", "--class-weighting", "none", "--quiet",
-         "--model-name", "cli/test"]
+         "--remedy-attempts", "0", "--model-name", "cli/test"]
     )  # fmt: skip
     assert code == 3
     out = capsys.readouterr().out
     assert "ham " in out and "spam " in out and "precision" in out
-    assert "test macro-F1: " in out
+    assert "validation macro-F1: " in out and "test macro-F1" not in out
     assert "verdict: BLOCKED (underfit" in out and "remedy:" in out
-    assert (tmp_path / "run" / "learning_curves.png").is_file()
+    assert "no further attempt" in out and "learning_rate" in out and "max_steps 5 -> None" in out
+    attempt = tmp_path / "run" / "attempt-1"
+    assert (attempt / "learning_curves.png").is_file() and (attempt / "label_issues.csv").is_file()
     assert not list(tmp_path.rglob("*.onnx"))
-    saved = json.loads((tmp_path / "run" / "arguments.json").read_text())
+    saved = json.loads((attempt / "arguments.json").read_text())
     assert (saved["class_weighting"], saved["early_stopping_patience"]) == ("none", None)
 
 
@@ -138,9 +143,6 @@ def test_real_minilm_fine_tunes_on_sms_spam(tmp_path: Path) -> None:
         ]
     )
     assert code == 0
-    report = (tmp_path / "run" / "report.json").read_text()
-    import json
-
-    result = json.loads(report)
-    assert result["test"]["macro_f1"] > 0.8
+    result = json.loads((tmp_path / "run" / "attempt-1" / "report.json").read_text())
+    assert result["test"]["macro_f1"] > 0.8  # scored once the attempt passed the gate
     assert result["curves"][-1]["val_loss"] < result["curves"][0]["val_loss"]

@@ -154,6 +154,20 @@ class TrainingArguments(BaseModel):
     )
     calibrate: bool = Field(True, description="Fit a temperature on validation so reported confidences are calibrated.")
 
+    # --- label audit and repair -----------------------------------------------------------
+    label_audit: bool = Field(
+        True,
+        description="Flag rows whose labels look wrong (out-of-sample probabilities and cleanlab) into "
+        "label_issues.csv, with the estimated share of noisy labels per class.",
+    )
+    remedy_attempts: int | None = Field(
+        None,
+        ge=0,
+        le=5,
+        description="Repair attempts after a blocked run, each with the remedies for its verdict (0 turns repair "
+        "off; unset: the server's FITGATE_REMEDY_MAX_ATTEMPTS, which also caps what a request asks for).",
+    )
+
     # --- runtime ---------------------------------------------------------------------------
     seed: int = Field(0, ge=0, description="One seed for splits, sampler, augmentation and initialization.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when available.")

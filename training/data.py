@@ -24,10 +24,19 @@ _SHOWN = 5  # how many offending rows an error message names
 
 @dataclass(frozen=True)
 class LabelledData:
-    """Clean examples: texts and their string labels, in file order."""
+    """Clean examples: texts and their string labels, in file order.
+
+    ``rows`` are the examples' row numbers in the file they were read from (the header is row 1,
+    as in every error message), so a finding about an example can point at the row to fix; data
+    built in memory has none.
+    """
 
     texts: list[str]
     labels: list[str]
+    rows: list[int] = field(default_factory=list)
+
+    def row(self, i: int) -> int | None:
+        return self.rows[i] if self.rows else None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -226,6 +235,7 @@ def validate_rows(
 
     texts: list[str] = []
     labels: list[str] = []
+    numbers: list[int] = []
     empty = 0
     missing_labels: list[int] = []
     too_long: list[tuple[int, int]] = []
@@ -243,6 +253,7 @@ def validate_rows(
             continue
         texts.append(text)
         labels.append(label)
+        numbers.append(number)
 
     if missing_labels:
         raise DataError(
@@ -295,4 +306,4 @@ def validate_rows(
         conflicting_texts=len(conflicting),
         conflicting_examples=[t[:80] for t in conflicting[:_SHOWN]],
     )
-    return LabelledData(texts, labels), report
+    return LabelledData(texts, labels, numbers), report

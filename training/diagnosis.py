@@ -8,7 +8,7 @@ Each finding carries its evidence and a remedy from the seed documents.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -261,10 +261,48 @@ def diagnose(
     return Diagnosis(selected_step, findings)
 
 
+AUDIT_CITED_NOISE_SHARE = 0.05  # a finding names the label audit when it flags at least this share of rows
+AUDIT_EXPLAINS = ("overfit", "underfit", "no_skill")  # verdicts that wrong labels cause
+
+
+def cite_audit(diagnosis: Diagnosis, audit: dict[str, Any] | None) -> Diagnosis:
+    """Add the label audit's evidence to the findings it explains: wrong labels are memorised (overfit)
+    or cannot be learned (underfit, no skill), and the team can fix them from label_issues.csv."""
+    if not audit:
+        return diagnosis
+    share = float(audit["estimated_noise_share"])
+    if not audit["labels_unrelated"] and share < AUDIT_CITED_NOISE_SHARE:
+        return diagnosis
+    if audit["labels_unrelated"]:
+        note = (
+            f"the label audit finds the labels unrelated to the texts: a classifier of the texts' embeddings scores "
+            f"macro-F1 {audit['out_of_sample_macro_f1']:.3f} on rows it did not see, no better than guessing without "
+            f"the text ({audit['baseline_macro_f1']:.3f}); check that the label column belongs to these texts"
+        )
+    else:
+        noisiest = sorted(audit["noise_share_by_class"].items(), key=lambda kv: -kv[1])[:3]
+        note = (
+            f"the label audit flags {share:.0%} of the training and validation labels as likely wrong "
+            f"(most in {', '.join(f'{name!r} {v:.0%}' for name, v in noisiest)}); "
+            "label_issues.csv lists them with suggested labels"
+        )
+    cited = [
+        replace(
+            f,
+            message=f"{f.message}; {note}",
+            evidence={**f.evidence, "label_noise_share": share, "labels_unrelated": audit["labels_unrelated"]},
+        )
+        if f.verdict in AUDIT_EXPLAINS
+        else f
+        for f in diagnosis.findings
+    ]
+    return replace(diagnosis, findings=cited)
+
+
 def diagnose_run(run: RunDirectory, settings: Settings) -> Diagnosis:
-    """Diagnose a finished run directory with the operator's thresholds."""
+    """Diagnose a finished run directory with the operator's thresholds, citing its label audit."""
     curve, selected = run.curves
-    return diagnose(
+    diagnosis = diagnose(
         curve,
         selected,
         run.validation_labels,
@@ -274,3 +312,4 @@ def diagnose_run(run: RunDirectory, settings: Settings) -> Diagnosis:
         settings,
         seed=run.arguments.seed,
     )
+    return cite_audit(diagnosis, run.report.get("label_audit"))

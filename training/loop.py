@@ -29,11 +29,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 from fitgate.errors import DeviceUnavailable, TrainingCancelled
 from training import batching, evaluation, losses, modeling
 from training.arguments import TrainingArguments
+from training.audit import audit_run
 from training.curves import CurvePoint
-from training.data import LabelledData
+from training.data import LabelledData, read_labelled_file
 from training.decision import decide, softmax
 from training.progress import CancelCheck, Progress, ProgressCallback, ignore_progress, never_cancelled
-from training.rundir import RunResult, SplitScores, save_run
+from training.rundir import LABEL_ISSUES, TEST_CSV, RunDirectory, RunResult, SplitScores, record_test_scores, save_run
 from training.splits import Splits, load_splits
 
 # --- setup ---------------------------------------------------------------------------------
@@ -412,8 +413,14 @@ def fine_tune(
     test_path: Path | None = None,
     on_progress: ProgressCallback = ignore_progress,
     should_cancel: CancelCheck = never_cancelled,
+    score_test: bool = True,
 ) -> RunResult:
-    """Fine-tune ``args.base_model`` on a labelled file and write the run directory."""
+    """Fine-tune ``args.base_model`` on a labelled file and write the run directory.
+
+    With ``score_test`` off, the test rows are kept unscored in the run directory: a repair
+    loop judges its attempts on validation only and scores the test split once, for the
+    attempt it exports (``score_test_split``).
+    """
     started = time.perf_counter()
     on_progress(Progress("loading"))
 
@@ -522,9 +529,18 @@ def fine_tune(
     # final scores
     val_scores = calibration.scores(val_logits, val_labels, data.label_names)
     test_scores = None
-    if data.test is not None:
+    if data.test is not None and score_test:
         test_logits, _ = score(model, data.test, config)
         test_scores = calibration.scores(test_logits, np.array(data.test.labels), data.label_names)
+
+    # label audit: which training and validation rows' labels disagree with their texts
+    label_audit = None
+    if args.label_audit:
+        on_progress(Progress("auditing", step=state.step, total_steps=schedule.total_steps))
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        label_audit = audit_run(
+            base_model, splits.train, splits.validation, data.label_names, Path(output_dir) / LABEL_ISSUES, args.seed
+        ).to_dict()
 
     # save
     on_progress(Progress("saving", step=state.step, total_steps=schedule.total_steps))
@@ -551,8 +567,10 @@ def fine_tune(
         train_seconds=train_seconds,
         total_seconds=time.perf_counter() - started,
         device=str(device),
+        label_audit=label_audit,
     )
-    save_run(result, model.cpu(), tokenizer, args, splits.validation, val_logits)
+    unscored_test = splits.test if splits.test is not None and test_scores is None else None
+    save_run(result, model.cpu(), tokenizer, args, splits.validation, val_logits, unscored_test)
     on_progress(
         Progress(
             "done",
@@ -563,3 +581,30 @@ def fine_tune(
         )
     )
     return result
+
+
+def score_test_split(path: Path) -> SplitScores | None:
+    """Score a finished run's kept test rows with its saved model and calibration, and record them.
+
+    Returns None when the run has no unscored test rows (no test split, or scored already).
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    run = RunDirectory.open(path)
+    if not (run.path / TEST_CSV).is_file() or run.report.get("test") is not None:
+        return None
+    test = read_labelled_file(run.path / TEST_CSV, max_text_chars=10**9)[0]
+    args = run.arguments
+    device = pick_device(args.device)
+    tokenizer = modeling.load_tokenizer(str(run.model_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(run.model_dir)
+    cast(torch.nn.Module, model).to(device)
+    index = {name: i for i, name in enumerate(run.label_names)}
+    data = Encoded(batching.encode(tokenizer, test.texts, args.max_length), [index[y] for y in test.labels])
+    config = EvaluationConfig(
+        args.per_device_eval_batch_size, int(tokenizer.pad_token_id or 0), device, _autocast_dtype(device)
+    )
+    logits, _ = score(model, data, config)
+    scores = Calibration(run.temperature, run.class_bias).scores(logits, np.array(data.labels), run.label_names)
+    record_test_scores(run.path, scores)
+    return scores

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -66,6 +67,22 @@ def load_classifier(base_model: str, label_names: list[str], *, dropout: float |
             hf_logging.set_verbosity(verbosity)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load {base_model!r} as a sequence classifier: {exc}") from exc
+
+
+def load_encoder(base_model: str) -> PreTrainedModel:
+    """The base model without a head, frozen in eval mode: the label audit's sentence embeddings."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity(logging.ERROR)  # an encoder loaded from a classifier checkpoint drops its head
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers
+    try:
+        model: PreTrainedModel = AutoModel.from_pretrained(base_model)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load {base_model!r} as an encoder: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    model.train(False)
+    model.requires_grad_(False)
+    return model
 
 
 _LAYER = re.compile(r"\.layer\.(\d+)\.")

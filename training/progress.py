@@ -11,7 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-Phase = Literal["loading", "training", "calibrating", "saving", "done", "diagnosing", "exporting", "registering"]
+Phase = Literal[
+    "loading", "training", "calibrating", "auditing", "saving", "done", "diagnosing", "exporting", "registering"
+]
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,9 @@ class Progress:
     total_steps: int = 0
     eta_seconds: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    attempt: int = 1  # which training attempt of the job (a repair attempt follows a blocked one)
+    attempts_allowed: int = 1
+    attempt_reason: str | None = None  # why this attempt runs: the remedies it applies
 
 
 class ProgressCallback(Protocol):

@@ -38,6 +38,9 @@ MODEL_DIR = "model"  # the selected checkpoint and its tokenizer, as Hugging Fac
 DIAGNOSIS = "diagnosis.json"  # written by the gate after the run, not by save_run
 LEARNING_CURVES_PNG = "learning_curves.png"
 CONFUSION_PNG = "confusion_matrix.png"
+TEST_CSV = "test.csv"  # the held-out rows, scored only once an attempt is chosen for export
+LABEL_ISSUES = "label_issues.csv"  # rows whose labels look wrong (training/audit.py)
+ATTEMPTS = "attempts.json"  # in a job's directory holding one sub-directory per attempt (models/repair.py)
 
 REQUIRED = (REPORT, CURVES, ARGUMENTS, VALIDATION_CSV, VALIDATION_LOGITS, MODEL_DIR)
 REPORT_FILES = (REPORT, CURVES, DIAGNOSIS, LEARNING_CURVES_PNG, CONFUSION_PNG)  # what a bundle's report/ holds
@@ -78,6 +81,7 @@ class RunResult:
     train_seconds: float
     total_seconds: float
     device: str
+    label_audit: dict[str, Any] | None = None  # training/audit.py's LabelAudit; None when the audit is off
 
 
 def save_run(
@@ -87,32 +91,70 @@ def save_run(
     args: TrainingArguments,
     validation: LabelledData,
     validation_logits: NDArray[np.float32],
+    test: LabelledData | None = None,
 ) -> None:
     """Write the selected model, the arguments, the curves, the plots and the report.
 
     The validation rows and their logits are kept too: diagnosis, the ONNX parity check
-    and the drift reference statistics are all computed on them.
+    and the drift reference statistics are all computed on them. The test rows are kept
+    when they were not scored yet (``record_test_scores`` adds their scores later).
     """
     out = result.output_dir
     out.mkdir(parents=True, exist_ok=True)
     write_labelled_csv(validation, out / VALIDATION_CSV)
+    if test is not None:
+        write_labelled_csv(test, out / TEST_CSV)
     np.save(out / VALIDATION_LOGITS, validation_logits)
     model.save_pretrained(out / MODEL_DIR)
     tokenizer.save_pretrained(out / MODEL_DIR)
     (out / ARGUMENTS).write_text(args.model_dump_json(indent=2))
     save_curves(result.curves, result.best_step, out / CURVES)
     plot_curves(result.curves, result.best_step, out / LEARNING_CURVES_PNG, title=f"fitgate run: {out.name}")
-    final = result.test or result.validation
-    plot_confusion(
-        np.array(final.confusion),
-        result.label_names,
-        out / CONFUSION_PNG,
-        title="confusion matrix (" + ("test" if result.test else "validation") + ")",
+    _plot_final_confusion(
+        out, result.label_names, result.test or result.validation, "test" if result.test else "validation"
     )
     report = asdict(result)
     report["output_dir"] = str(out)
     report["fitgate_version"] = fitgate.__version__
     write_text_atomic(out / REPORT, json.dumps(report, indent=2))  # last: its presence means complete
+
+
+def _plot_final_confusion(out: Path, label_names: list[str], scores: SplitScores | dict[str, Any], split: str) -> None:
+    confusion = scores["confusion"] if isinstance(scores, dict) else scores.confusion
+    plot_confusion(np.array(confusion), label_names, out / CONFUSION_PNG, title=f"confusion matrix ({split})")
+
+
+def record_test_scores(path: Path, scores: SplitScores) -> None:
+    """Add the test split's scores to a finished run (the attempt chosen for export) and redraw its matrix."""
+    report = _read_json(path / REPORT)
+    report["test"] = asdict(scores)
+    _plot_final_confusion(path, list(report["label_names"]), scores, "test")
+    write_text_atomic(path / REPORT, json.dumps(report, indent=2))
+
+
+def attempt_dir(job_dir: Path, number: int) -> Path:
+    return job_dir / f"attempt-{number}"
+
+
+def write_attempts(job_dir: Path, attempts: list[dict[str, Any]], chosen: int) -> None:
+    """The job's attempts (arguments changed, verdicts) and which one the job's files are read from."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(job_dir / ATTEMPTS, json.dumps({"chosen": chosen, "attempts": attempts}, indent=2))
+
+
+def read_attempts(job_dir: Path) -> dict[str, Any] | None:
+    path = job_dir / ATTEMPTS
+    return _read_json(path) if path.is_file() else None
+
+
+def resolve(path: Path) -> Path:
+    """The run directory a path stands for: a job's chosen attempt (exported, or the last one), else itself.
+
+    The chosen attempt is also the latest one while the job trains, so a client polling the
+    job's files sees the attempt that is running.
+    """
+    attempts = read_attempts(path)
+    return attempt_dir(path, int(attempts["chosen"])) if attempts else path
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -124,14 +166,21 @@ def read_public_report(path: Path) -> tuple[dict[str, Any], dict[str, Any] | Non
     """The client-facing report of a run, and its diagnosis (None before the gate has run).
 
     Works on a run the gate has not seen or that never got a model. Server paths are left
-    out. Raises :class:`RunDirectoryError` while ``report.json`` is not written yet.
+    out. A job with several attempts answers with its chosen one's report, and lists every
+    attempt under ``attempts``. Raises :class:`RunDirectoryError` while ``report.json`` is not
+    written yet.
     """
+    attempts = read_attempts(path)
+    path = resolve(path)
     try:
         report = _read_json(path / REPORT)
     except FileNotFoundError as exc:
         raise RunDirectoryError(f"{path} has no {REPORT} yet: the run has not finished") from exc
     for key in PRIVATE_REPORT_KEYS:
         report.pop(key, None)
+    if attempts:
+        report["attempts"] = attempts["attempts"]
+        report["chosen_attempt"] = attempts["chosen"]
     diagnosis = path / DIAGNOSIS
     return report, _read_json(diagnosis) if diagnosis.is_file() else None
 
@@ -144,6 +193,8 @@ class RunDirectory:
 
     @classmethod
     def open(cls, path: Path) -> RunDirectory:
+        """The run at ``path``, or the chosen attempt of the job whose directory ``path`` is."""
+        path = resolve(path)
         missing = [name for name in REQUIRED if not (path / name).exists()]
         if missing:
             raise RunDirectoryError(

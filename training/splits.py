@@ -30,7 +30,11 @@ class Splits:
 
 def _subset(data: LabelledData, indices: list[int]) -> LabelledData:
     indices = sorted(indices)
-    return LabelledData([data.texts[i] for i in indices], [data.labels[i] for i in indices])
+    return LabelledData(
+        [data.texts[i] for i in indices],
+        [data.labels[i] for i in indices],
+        [data.rows[i] for i in indices] if data.rows else [],
+    )
 
 
 def split_data(data: LabelledData, *, validation_size: float, test_size: float, seed: int) -> Splits:

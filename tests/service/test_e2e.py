@@ -72,7 +72,7 @@ def test_a_blocked_job_says_why_and_deploys_nothing(server: Server, tmp_path: Pa
         tmp_path,
         "team-b",
         "team-b/lazy",
-        {"parameters": '{"learning_rate": 1e-7, "num_train_epochs": 1, "max_length": 32}'},
+        {"parameters": '{"learning_rate": 1e-7, "num_train_epochs": 1, "max_length": 32, "remedy_attempts": 0}'},
     )
     job = server.wait_job(r.json()["job_id"], {"succeeded", "blocked", "failed"}, bearer("team-b"))
     assert job["status"] == "blocked"

@@ -48,6 +48,7 @@ OPERATIONS = [  # every route of the FastAPI app; test_every_operation_in_the_sc
     "GET /jobs/{job_id}/report",
     "GET /jobs/{job_id}/learning_curves.png",
     "GET /jobs/{job_id}/confusion_matrix.png",
+    "GET /jobs/{job_id}/label_issues.csv",
     "GET /models",
     "POST /models/{team}/{name}/promote",
     "POST /models/{team}/{name}/rollback",
