@@ -14,8 +14,8 @@ model is trained: the gate's thresholds live in ``Settings`` and are the same fo
     no_skill    cap, at least the default number of epochs, nothing frozen, less regularization
     degenerate  class weighting, the balanced sampler and the tuned decision rule, plus the
                 underfit changes when the run hardly trained
-    no retry    labels the audit finds unrelated to the texts, too few validation examples, or
-                every remedy for the verdict already in the arguments
+    no retry    labels the audit finds unrelated to the texts, or every remedy for the verdict
+                already in the arguments
 """
 
 from __future__ import annotations
@@ -108,13 +108,6 @@ def remedy_for(diagnosis: Diagnosis, args: TrainingArguments, audit: AuditEviden
     verdicts: list[str] = list(diagnosis.blocking_verdicts)
     if not verdicts:
         return Remedy(verdicts, None, reason="the run passed the gate: there is nothing to repair")
-    if "insufficient_validation" in verdicts:
-        return Remedy(
-            verdicts,
-            None,
-            reason="the validation split has too few examples of some classes to judge the model; training again "
-            "cannot add them: add labelled examples of those classes or raise validation_size",
-        )
     if audit is not None and audit.labels_unrelated and {"no_skill", "underfit", "degenerate"} & set(verdicts):
         return Remedy(
             verdicts,

@@ -161,3 +161,30 @@ def test_bootstrap_lower_bound_sits_below_the_point_estimate() -> None:
     labels, preds = _good_predictions(accuracy=0.8)
     lower, point = bootstrap_macro_f1(labels, preds, 2, 500, seed=0)
     assert 0.7 < lower < point < 0.85
+
+
+def test_findings_that_wrong_labels_explain_cite_the_label_audit() -> None:
+    from training.diagnosis import Diagnosis, Finding, cite_audit
+
+    diagnosis = Diagnosis(
+        5,
+        [
+            Finding("no_skill", True, "validation macro-F1 is 0.41", {}, "check labels"),
+            Finding("degenerate", True, "class b is never predicted", {}, "weight it"),
+        ],
+    )
+    audit = {
+        "estimated_noise_share": 0.12,
+        "labels_unrelated": False,
+        "noise_share_by_class": {"a": 0.05, "b": 0.3},
+        "out_of_sample_macro_f1": 0.7,
+        "baseline_macro_f1": 0.5,
+    }
+    cited = cite_audit(diagnosis, audit)
+    no_skill, degenerate = cited.findings
+    assert "label audit flags 12%" in no_skill.message and "'b' 30%" in no_skill.message
+    assert "label_issues.csv" in no_skill.message and no_skill.evidence["label_noise_share"] == 0.12
+    assert degenerate.message == "class b is never predicted"  # wrong labels do not explain a neglected class
+    unrelated = cite_audit(diagnosis, {**audit, "labels_unrelated": True}).findings[0]
+    assert "unrelated to the texts" in unrelated.message and "0.700" in unrelated.message
+    assert cite_audit(diagnosis, {**audit, "estimated_noise_share": 0.01}) == diagnosis  # too little to cite

@@ -83,11 +83,6 @@ def test_labels_unrelated_to_the_texts_are_not_retried_and_the_reason_names_the_
     assert "0.490" in remedy.reason and "0.500" in remedy.reason and "label_issues.csv" in remedy.reason
 
 
-def test_too_few_validation_examples_are_not_retried() -> None:
-    remedy = remedy_for(blocked("insufficient_validation"), TrainingArguments())
-    assert not remedy.retry and "validation" in remedy.reason
-
-
 def test_when_every_remedy_is_already_applied_there_is_no_retry() -> None:
     applied = TrainingArguments(class_weighting="inverse", sampler="balanced")
     remedy = remedy_for(blocked("degenerate"), applied)
