@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from fitgate.settings import Settings
-from models import export
+from models import export, repair
 from models.gate import release
 from models.names import ModelName
 from models.registry import open_registry
@@ -118,7 +118,9 @@ def test_kill_9_during_export_then_restart_loses_nothing(tmp_path: Path, tiny_mo
         os.kill(wait_for_worker(srv, job_id), signal.SIGKILL)
         srv.kill(signal.SIGKILL)
         run = srv.data_dir / "runs" / job_id
-        assert list(run.glob(".bundle-staging-*/bundle")), "the kill did not land while the bundle was written"
+        assert list(run.glob("attempt-*/.bundle-staging-*/bundle")), (
+            "the kill did not land while the bundle was written"
+        )
 
         srv.start()
         job = srv.wait_job(job_id, {"failed"}, {}, timeout=30)
@@ -287,7 +289,7 @@ def test_a_run_out_of_resources_fails_with_a_reason_the_user_can_act_on(
     store: tuple[JobStore, Settings, str], monkeypatch: pytest.MonkeyPatch, fault: BaseException, reason: str
 ) -> None:
     jobs, settings, job_id = store
-    monkeypatch.setattr(worker, "fine_tune", _raise(fault))
+    monkeypatch.setattr(repair, "fine_tune", _raise(fault))
     worker.run_job(job_id, settings)
     job = jobs.get(job_id)
     assert (job.status, job.reason) == ("failed", reason)
@@ -306,7 +308,7 @@ def test_a_full_disk_during_export_fails_the_job_and_registers_nothing(
         path.write_bytes(b"\x08" * 65536)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(worker, "fine_tune", trained)
+    monkeypatch.setattr(repair, "fine_tune", trained)
     monkeypatch.setattr(export, "export_onnx", export_until_full)
     worker.run_job(job_id, settings)
     job = jobs.get(job_id)
@@ -315,4 +317,4 @@ def test_a_full_disk_during_export_fails_the_job_and_registers_nothing(
     assert "nothing was registered and the current version keeps serving" in job.reason
     assert str(settings.data_dir) not in job.reason  # a reason shown to the user names no server path
     assert open_registry(settings).versions() == []
-    assert not list((settings.data_dir / "runs" / job_id).glob(".bundle-staging-*"))
+    assert not list((settings.data_dir / "runs" / job_id).glob("**/.bundle-staging-*"))
