@@ -34,6 +34,7 @@ from models.gate import release
 from models.names import ModelName
 from models.registry import open_registry
 from tests.service.conftest import Server, bearer, make_server
+from training import rundir
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +107,7 @@ def target(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, healt
     assert httpx.post(f"{srv.url}/jobs/{jobs[1]}/cancel", headers=bearer("team-a"), timeout=60).status_code == 200
     run_dir = srv.data_dir / "runs" / jobs[1]
     run_dir.mkdir(parents=True)
-    for name in ("report.json", "diagnosis.json", "learning_curves.png", "confusion_matrix.png"):
+    for name in (*rundir.REPORT_FILES, rundir.LABEL_ISSUES):
         shutil.copy(healthy_run / name, run_dir / name)
     yield Target(srv, [first, second], jobs[0], jobs[1])
     srv.kill(signal.SIGTERM)
