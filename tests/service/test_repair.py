@@ -31,7 +31,14 @@ def _upload(server: Server, path: Path, model: str, parameters: dict[str, object
 
 def test_an_underfit_upload_is_repaired_by_its_second_attempt(server: Server, tmp_path: Path) -> None:
     data = write_csv(tmp_path / "train.csv", keyword_rows(300))
-    job_id = _upload(server, data, "team-a/repaired", {"learning_rate": 0.005, "max_steps": 3})
+    # class weighting and the balanced sampler already on: three steps of a random tiny BERT may also leave a
+    # class unpredicted, and then only the underfit remedies are left to apply (the attempt under test)
+    job_id = _upload(
+        server,
+        data,
+        "team-a/repaired",
+        {"learning_rate": 0.005, "max_steps": 3, "class_weighting": "inverse", "sampler": "balanced"},
+    )
     seen_attempts: set[int] = set()
     job = server.wait_job(job_id, {"running"}, bearer("team-a"))
     while job["status"] == "running":
@@ -42,7 +49,7 @@ def test_an_underfit_upload_is_repaired_by_its_second_attempt(server: Server, tm
     result = job["result"]
     assert result["exported_attempt"] == 2
     first, second = result["attempts"]
-    assert first["verdicts"] == ["underfit"] and not first["passed"]
+    assert "underfit" in first["verdicts"] and not first["passed"]
     assert {c["argument"] for c in second["changes"]} >= {"max_steps"} and second["reason"]
     assert second["passed"] and result["metrics"]["test_macro_f1"] is not None
     assert 2 in seen_attempts, "progress says which attempt runs"
