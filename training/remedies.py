@@ -9,7 +9,8 @@ model is trained: the gate's thresholds live in ``Settings`` and are the same fo
                 label smoothing, fewer epochs. Not freezing lower layers nor augmenting, though the
                 seed lists smaller capacity and augmentation: on the 200-row sms_spam overfit
                 scenario, freezing 2 of MiniLM's 6 layers cost 6.5 points of test macro-F1 (0.912
-                vs 0.977) and freezing 3 with augmentation 22 (0.756); see docs/BENCHMARKS.md
+                vs 0.977, bench/overfit_freeze.py) and freezing 3 with augmentation 22 (0.756, the
+                first bench/repair_scenarios.py smoke run)
     underfit    learning rate back to at least the default (higher when it already was), no step
     no_skill    cap, at least the default number of epochs, nothing frozen, less regularization
     degenerate  class weighting, the balanced sampler and the tuned decision rule, plus the
