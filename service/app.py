@@ -10,24 +10,28 @@ loads ONNX Runtime, the tokenizer and numpy only (tests/service/test_footprint.p
     bentoml serve service.app:FitgateService --port 3000
 """
 
+import asyncio
 import logging
 import os
 import time
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from fitgate.errors import InvalidRequest, JobNotFound, RunDirectoryError
+from fitgate.errors import InvalidRequest, JobNotFound, ModelNotFound, RunDirectoryError
 from fitgate.settings import Settings
 from models.names import ModelName
 from service.auth import Caller, Role
+from service.console import SECURITY_HEADERS, add_console
 from service.core import Fitgate
 from service.http_errors import error_responses, install_error_handlers
-from service.middleware import BodyLimit, LineBreakInPath
+from service.middleware import BodyLimit, LineBreakInPath, SecurityHeaders
 from service.monitoring import PREDICT_LATENCY
+from service.uploads import SERVER_ONLY_ARGUMENTS
 from training import rundir
+from training.arguments import TrainingArguments
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 import bentoml
@@ -41,6 +45,12 @@ log = logging.getLogger(__name__)
 class PredictRequest(BaseModel):
     texts: list[str] = Field(min_length=1, description="Texts to classify.")
     model: str | None = Field(None, description="team/name; default: the configured default model.")
+    version: str | None = Field(
+        None,
+        max_length=64,
+        description="A version of the model other than the one served, to try it before promoting it; "
+        "its predictions are not monitored. Default: the served version.",
+    )
 
 
 class PredictionOut(BaseModel):
@@ -81,6 +91,42 @@ class JobOut(BaseModel):
     reason: str | None
     attempts: int
     arguments: dict[str, Any]
+
+
+class CallerOut(BaseModel):
+    mode: Literal["tokens", "loopback"] = Field(
+        description="tokens: callers sign in with a token; loopback: no tokens are configured, and "
+        "fine-tuning and model changes are accepted from this machine only"
+    )
+    team: str | None = Field(description="the token's team; null for an anonymous loopback caller")
+    roles: list[str]
+
+
+class UploadCheck(BaseModel):
+    """What fitgate read from a file, and whether it would train on it (``POST /finetune/validate``)."""
+
+    model_config = ConfigDict(extra="allow")  # the data report: rows, class counts, duplicates, splits
+
+    file_name: str
+    accepted: bool
+    refusal: dict[str, str] | None = Field(description="why the file would be refused: type and message")
+    columns: list[str] = Field(description="every column found; empty when the file could not be read as a table")
+
+
+class JobCurves(BaseModel):
+    job_id: str
+    attempt: int = Field(description="the attempt these curves belong to (the running one while the job trains)")
+    best_step: int | None = Field(description="the step of the best checkpoint so far")
+    points: list[dict[str, Any]] = Field(description="one point per evaluation, as in curves.json")
+
+
+class ModelDrift(BaseModel):
+    model: str
+    version: str | None = Field(description="the version this worker serves; null if it has not loaded the model")
+    detectors: dict[str, dict[str, Any]] = Field(
+        description="per detector: statistic, threshold, detected, alarms, predictions_seen (this worker's "
+        "view; Prometheus aggregates every worker)"
+    )
 
 
 class JobReport(BaseModel):
@@ -133,13 +179,17 @@ State = Annotated[Fitgate, Depends(fitgate_of)]
 
 def create_app(settings: Settings) -> FastAPI:
     """The routes and middlewares; the state they serve is attached per worker with ``attach``."""
-    app = FastAPI(title="fitgate", version="0.1.0")
+    # FastAPI's own /docs and /redoc load their scripts from a CDN: the console serves its own (service/console.py)
+    app = FastAPI(title="fitgate", version="0.1.0", docs_url=None, redoc_url=None)
     install_error_handlers(app)
+    upload_limit = (settings.max_upload_bytes + 64 * 1024, "FITGATE_MAX_UPLOAD_BYTES")
+    app.add_middleware(SecurityHeaders, headers=SECURITY_HEADERS)
     app.add_middleware(
         BodyLimit,
         limits={
             # multipart framing on top of the file; UTF-8 needs at most 4 bytes a character
-            "/finetune": (settings.max_upload_bytes + 64 * 1024, "FITGATE_MAX_UPLOAD_BYTES"),
+            "/finetune": upload_limit,
+            "/finetune/validate": upload_limit,
             "/predict": (
                 4 * settings.max_chars_per_text * settings.max_texts_per_request + 64 * 1024,
                 "FITGATE_MAX_TEXTS_PER_REQUEST x FITGATE_MAX_CHARS_PER_TEXT",
@@ -174,6 +224,11 @@ def create_app(settings: Settings) -> FastAPI:
                 )
         name = ModelName.parse(body.model) if body.model else fitgate.pool.default_model()
         fitgate.auth.require_model_access(caller, name)
+        if body.version is not None and body.version != fitgate.registry.current(name):
+            answers = await fitgate.pool.predict_version(name, body.version, body.texts)
+            return PredictResponse(
+                model=str(name), version=body.version, predictions=[PredictionOut(**a.__dict__) for a in answers]
+            )
         started = time.perf_counter()
         model, answers = await fitgate.pool.predict(name, body.texts)
         PREDICT_LATENCY.labels(str(name)).observe(time.perf_counter() - started)
@@ -181,6 +236,16 @@ def create_app(settings: Settings) -> FastAPI:
             model=str(name),
             version=model.version,
             predictions=[PredictionOut(**a.__dict__) for a in answers],
+        )
+
+    @app.get("/whoami", responses=error_responses(401))
+    async def whoami(
+        request: Request, fitgate: State, authorization: Annotated[str | None, Header()] = None
+    ) -> CallerOut:
+        """Who the token (or, with no tokens configured, this address) is, and what it may do."""
+        caller = fitgate.auth.identify(authorization, request.client.host if request.client else None)
+        return CallerOut(
+            mode="loopback" if caller.loopback_only_mode else "tokens", team=caller.team, roles=sorted(caller.roles)
         )
 
     @app.post("/finetune", status_code=202, responses=errors(413, 507))
@@ -195,6 +260,23 @@ def create_app(settings: Settings) -> FastAPI:
         fitgate.auth.require_model_access(caller, name)
         job = await fitgate.uploads.accept(file, name, parameters)
         return JobAccepted(job_id=job.id, status=job.status)
+
+    @app.post("/finetune/validate", responses=errors(413))
+    async def validate_upload(
+        file: Annotated[UploadFile, File(description="labelled CSV, TSV or JSONL")],
+        fitgate: State,
+        caller: Annotated[Caller, caller_for("finetune")],
+        parameters: Annotated[str, Form(description="JSON object of training arguments")] = "{}",
+    ) -> UploadCheck:
+        """A dry run of POST /finetune: the columns, class counts, empty, duplicate and conflicting rows and the
+        split sizes fitgate would train with, or the refusal it would answer with. Nothing is stored."""
+        return UploadCheck(**await fitgate.uploads.inspect(file, parameters))
+
+    @app.get("/finetune/arguments")
+    async def training_arguments() -> dict[str, dict[str, Any]]:
+        """Every training argument a request may set: default, description and limits (JSON Schema)."""
+        properties: dict[str, dict[str, Any]] = TrainingArguments.model_json_schema()["properties"]
+        return {k: v for k, v in properties.items() if k not in SERVER_ONLY_ARGUMENTS}
 
     @app.get("/jobs", responses=errors())
     async def list_jobs(fitgate: State, caller: Annotated[Caller, caller_for("finetune")]) -> list[JobOut]:
@@ -232,6 +314,17 @@ def create_app(settings: Settings) -> FastAPI:
             raise JobNotFound(f"job {job_id} has no report yet; it is written when training ends") from exc
         return JobReport(job_id=job_id, diagnosis=diagnosis, report=report)
 
+    @app.get("/jobs/{job_id}/curves", responses=errors(404))
+    async def job_curves_so_far(
+        job_id: str, fitgate: State, caller: Annotated[Caller, caller_for("finetune")]
+    ) -> JobCurves:
+        """The learning curves as they are drawn: a point per evaluation so far (the running attempt's)."""
+        fitgate.job_for(job_id, caller)
+        curves = await asyncio.to_thread(rundir.read_live_curves, fitgate.settings.run_dir(job_id))
+        if curves is None:
+            raise JobNotFound(f"job {job_id} has no curve points yet; the first is written when training starts")
+        return JobCurves(job_id=job_id, **curves)
+
     @app.get("/jobs/{job_id}/learning_curves.png", response_class=FileResponse, responses=PNG_RESPONSE | errors(404))
     async def job_curves(
         job_id: str, fitgate: State, caller: Annotated[Caller, caller_for("finetune")]
@@ -259,6 +352,22 @@ def create_app(settings: Settings) -> FastAPI:
             if caller.team is None or caller.is_admin or v.model.startswith(f"{caller.team}/")
         ]
 
+    @app.get("/models/{team}/{name}/drift", responses=errors(404))
+    async def model_drift(
+        team: str, name: str, fitgate: State, caller: Annotated[Caller, caller_for("predict")]
+    ) -> ModelDrift:
+        """The drift detectors of the served version now, as this worker sees them."""
+        model = ModelName.parse(f"{team}/{name}")
+        fitgate.auth.require_model_access(caller, model)
+        if not fitgate.registry.versions(model):
+            raise ModelNotFound(f"no model named {model}; GET /models lists the deployed ones")
+        loaded = fitgate.pool.loaded(model)
+        return ModelDrift(
+            model=str(model),
+            version=loaded.version if loaded else None,
+            detectors=loaded.monitor.drift_state() if loaded else {},
+        )
+
     @app.post("/models/{team}/{name}/promote", responses=errors(404))
     async def promote(
         team: str, name: str, body: PromoteRequest, fitgate: State, caller: Annotated[Caller, caller_for("finetune")]
@@ -276,6 +385,7 @@ def create_app(settings: Settings) -> FastAPI:
         fitgate.auth.require_model_access(caller, model)
         return PointerOut(model=str(model), current=fitgate.registry.rollback(model))
 
+    add_console(app)
     return app
 
 

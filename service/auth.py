@@ -96,15 +96,26 @@ class Authenticator:
             )
         if role == "predict" and not self.settings.predict_requires_token and not authorization:
             return Caller(team=None, roles=frozenset({"predict"}))
+        caller = self._token_caller(authorization)
+        if role not in caller.roles and not caller.is_admin:
+            raise Forbidden(f"this token (team {caller.team}) lacks the {role!r} role")
+        return caller
+
+    def identify(self, authorization: str | None, client_host: str | None) -> Caller:
+        """Who is calling and what they may do, with no role required (the console's sign-in asks this)."""
+        if not self.tokens:
+            everything = is_loopback(client_host)
+            roles = {"predict", "finetune", "admin"} if everything else {"predict"}
+            return Caller(team=None, roles=frozenset(roles), loopback_only_mode=True)
+        return self._token_caller(authorization)
+
+    def _token_caller(self, authorization: str | None) -> Caller:
         if not authorization or not authorization.startswith("Bearer "):
             raise Unauthorized("missing API token: send 'Authorization: Bearer <token>'")
         entry = self._match(authorization.removeprefix("Bearer ").strip())
         if entry is None:
             raise Unauthorized("invalid API token")
-        roles = frozenset(entry.roles)
-        if role not in roles and "admin" not in roles:
-            raise Forbidden(f"this token (team {entry.team}) lacks the {role!r} role")
-        return Caller(team=entry.team, roles=roles)
+        return Caller(team=entry.team, roles=frozenset(entry.roles))
 
     @staticmethod
     def require_model_access(caller: Caller, model: ModelName) -> None:

@@ -175,7 +175,9 @@ class JobStore:
         assert status in FINAL
         with self._db() as db:
             db.execute(
-                "UPDATE jobs SET status = ?, reason = ?, result = COALESCE(?, result), ended_at = ? "
+                # the last progress stays (epoch, step, metrics), with phase "done": a finished job says it ended
+                "UPDATE jobs SET status = ?, reason = ?, result = COALESCE(?, result), ended_at = ?, "
+                "progress = json_set(progress, '$.phase', 'done', '$.eta_seconds', 0) "
                 "WHERE id = ? AND status NOT IN ('succeeded', 'blocked', 'failed', 'cancelled')",
                 (status, reason, json.dumps(result) if result is not None else None, time.time(), job_id),
             )

@@ -1,4 +1,4 @@
-"""ASGI middlewares that answer before any route does: request body limits and unroutable paths."""
+"""ASGI middlewares around every route: request body limits, unroutable paths, security headers."""
 
 from __future__ import annotations
 
@@ -69,3 +69,27 @@ class LineBreakInPath:
             await JSONResponse(invalid, status_code=422)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class SecurityHeaders:
+    """ASGI middleware: the same security headers (CSP first) on every response the app sends."""
+
+    def __init__(self, app: ASGIApp, headers: dict[str, str]) -> None:
+        self.app = app
+        self.headers = [(k.encode(), v.encode()) for k, v in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                message["headers"] = [
+                    *message.get("headers", []),
+                    *((k, v) for k, v in self.headers if k not in present),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

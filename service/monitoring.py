@@ -195,6 +195,19 @@ class ModelMonitor:
             self._statistic[d.name].set(d.statistic)
             self._detected[d.name].set(1 if d.detected else 0)
 
+    def drift_state(self) -> dict[str, dict[str, float | int | bool]]:
+        """Each detector now, in this worker: its statistic against its threshold, and its alarms so far."""
+        return {
+            d.name: {
+                "statistic": d.statistic,
+                "threshold": d.threshold,
+                "detected": d.detected,
+                "alarms": d.alarms,
+                "predictions_seen": d.seen,
+            }
+            for d in self.detectors.all()
+        }
+
     def retire(self) -> None:
         """This version is no longer served here: its gauges drop to 0 (multiprocess files keep the series)."""
         self.retired = True

@@ -121,6 +121,8 @@ class ModelPool:
         self._locks: dict[ModelName, asyncio.Lock] = {}
         self._refresher: asyncio.Task[None] | None = None
         self._current: dict[str, str] = {}
+        self._trial: tuple[tuple[ModelName, str], OnnxClassifier] | None = None
+        self._trial_lock = asyncio.Lock()
 
     def default_model(self) -> ModelName:
         if self.settings.default_model:
@@ -172,6 +174,28 @@ class ModelPool:
             MODELS_LOADED.set(len(self._loaded))
             self._ensure_refresher()
             return self._loaded[name]
+
+    def loaded(self, name: ModelName) -> LoadedModel | None:
+        """The version of ``name`` this worker serves, if it has loaded one."""
+        return self._loaded.get(name)
+
+    async def predict_version(self, name: ModelName, version: str, texts: list[str]) -> list[Prediction]:
+        """Answer with a version that is not the one served (trying a candidate before promoting it).
+
+        Loaded on demand and kept (one per worker, the last one asked for); its predictions feed no
+        metrics and no drift detector, which watch the served traffic only.
+        """
+        trial = self._trial
+        if trial is None or trial[0] != (name, version):
+            async with self._trial_lock:
+                trial = self._trial
+                if trial is None or trial[0] != (name, version):
+                    self._trial = None
+                    classifier = OnnxClassifier(self.registry.bundle_path(name, version))
+                    await asyncio.to_thread(classifier.load)
+                    trial = self._trial = ((name, version), classifier)
+        predictions = await asyncio.to_thread(trial[1].predict, texts)
+        return predictions.answers()
 
     async def predict(self, name: ModelName, texts: list[str]) -> tuple[LoadedModel, list[Prediction]]:
         # no await between reading the current model and queueing on it: a swap cannot slip in between,

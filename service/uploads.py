@@ -10,17 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from starlette.datastructures import UploadFile
 
 from fitgate.devices import cuda_device_count
-from fitgate.errors import DeviceUnavailable, DiskFull, InvalidRequest, PayloadTooLarge, is_disk_full
+from fitgate.errors import DataError, DeviceUnavailable, DiskFull, InvalidRequest, PayloadTooLarge, is_disk_full
 from fitgate.settings import Settings
 from models.names import ModelName
 from service.jobs import Job, JobStore
 from training.arguments import TrainingArguments, parse_arguments
+from training.data import parse_table
 from training.splits import load_splits
 
 UPLOAD_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".txt")
@@ -54,13 +56,33 @@ class UploadIntake:
                 "send device 'auto' (uses a GPU when the server has one) or 'cpu'"
             )
 
+    def _suffix(self, file: UploadFile) -> str:
+        suffix = Path(file.filename or "").suffix.lower()
+        if suffix not in UPLOAD_SUFFIXES:
+            raise InvalidRequest(f"upload a .csv, .tsv or .jsonl file (got {file.filename!r})")
+        return suffix
+
+    async def inspect(self, file: UploadFile, parameters: str) -> dict[str, Any]:
+        """A dry run of ``accept``: what fitgate reads from the file and whether it would train on it.
+
+        The parameters must be valid (422 otherwise: the request is wrong); a file fitgate would
+        refuse is a normal answer here (``accepted: false`` with the refusal's message), with the
+        columns found so far, so the user can pick other columns and ask again. Nothing is kept.
+        """
+        args = parse_parameters(parameters)
+        self.check_device(args)
+        suffix = self._suffix(file)
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".dry-run-", dir=self.settings.data_dir) as folder:
+            target = Path(folder) / f"data{suffix}"
+            await self._store(file, target)
+            return await asyncio.to_thread(_inspect_file, target, args, file.filename or target.name)
+
     async def accept(self, file: UploadFile, name: ModelName, parameters: str) -> Job:
         """Validate, store and queue; on any refusal the stored upload is removed again."""
         args = parse_parameters(parameters)
         self.check_device(args)
-        suffix = Path(file.filename or "").suffix.lower()
-        if suffix not in UPLOAD_SUFFIXES:
-            raise InvalidRequest(f"upload a .csv, .tsv or .jsonl file (got {file.filename!r})")
+        suffix = self._suffix(file)
         job_id = self.jobs.new_id()
         folder = self.settings.upload_dir(job_id)
         folder.mkdir(parents=True)
@@ -87,3 +109,31 @@ class UploadIntake:
                 if size > limit:
                     raise PayloadTooLarge(f"upload exceeds {limit:,} bytes (FITGATE_MAX_UPLOAD_BYTES)")
                 out.write(chunk)
+
+
+def _inspect_file(path: Path, args: TrainingArguments, file_name: str) -> dict[str, Any]:
+    """Read and split ``path`` exactly as training will; a refusal becomes part of the answer."""
+    answer: dict[str, Any] = {"file_name": file_name, "columns": [], "accepted": False, "refusal": None}
+    try:
+        answer["columns"] = parse_table(path.read_bytes(), path.suffix.lower())[1]
+        splits, report = load_splits(path, args)
+    except DataError as exc:
+        answer["refusal"] = {"type": type(exc).__name__, "message": exc.message}
+        return answer
+    return answer | {
+        "accepted": True,
+        "text_column": report.text_column,
+        "label_column": report.label_column,
+        "rows_read": report.rows_read,
+        "rows_kept": report.rows_kept,
+        "empty_texts_dropped": report.empty_texts_dropped,
+        "duplicate_texts": report.duplicate_texts,
+        "conflicting_texts": report.conflicting_texts,
+        "conflicting_examples": report.conflicting_examples,
+        "class_counts": report.class_counts,
+        "splits": {
+            "train": len(splits.train),
+            "validation": len(splits.validation),
+            "test": len(splits.test) if splits.test else 0,
+        },
+    }

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +59,24 @@ class _Reporter:
         self.store, self.job_id = store, job_id
         self.cancelled = False
         self._last = 0.0
+        self._trained: Progress | None = None
 
     def __call__(self, progress: Progress) -> None:
         now = time.monotonic()
-        if progress.phase == "training" and now - self._last < PROGRESS_EVERY_SECONDS:
-            return
+        if progress.phase == "training":
+            self._trained = progress
+            if now - self._last < PROGRESS_EVERY_SECONDS:
+                return
+        elif self._trained is not None and self._trained.attempt == progress.attempt:
+            # the phases after training (calibrating ... registering, done) keep where training ended
+            trained = self._trained
+            progress = replace(
+                progress,
+                epoch=trained.epoch,
+                step=trained.step,
+                total_steps=trained.total_steps,
+                metrics=progress.metrics or trained.metrics,
+            )
         self._last = now
         self.cancelled = self.store.update_progress(self.job_id, asdict(progress))
 

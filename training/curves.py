@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from fitgate.files import write_text_atomic
+
 
 @dataclass(frozen=True)
 class CurvePoint:
@@ -34,14 +36,19 @@ class CurvePoint:
     peak_gpu_memory_mb: float | None
 
 
-def save_curves(points: list[CurvePoint], best_step: int, path: Path) -> None:
-    """``{"best_step": ..., "points": [...]}``, read back by :func:`load_curves`."""
-    path.write_text(json.dumps({"best_step": best_step, "points": [asdict(p) for p in points]}, indent=2))
+def save_curves(points: list[CurvePoint], best_step: int | None, path: Path) -> None:
+    """``{"best_step": ..., "points": [...]}``, read back by :func:`load_curves`.
+
+    Written after every evaluation while a run trains (``best_step`` null until a trained
+    checkpoint was offered), atomically, so a reader such as the console's live chart never
+    sees half a file.
+    """
+    write_text_atomic(path, json.dumps({"best_step": best_step, "points": [asdict(p) for p in points]}, indent=2))
 
 
 def load_curves(path: Path) -> tuple[list[CurvePoint], int]:
     raw = json.loads(path.read_text())
-    return [CurvePoint(**p) for p in raw["points"]], int(raw["best_step"])
+    return [CurvePoint(**p) for p in raw["points"]], int(raw["best_step"] or 0)
 
 
 def plot_curves(points: list[CurvePoint], best_step: int, path: Path, title: str) -> None:

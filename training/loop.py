@@ -30,11 +30,20 @@ from fitgate.errors import DeviceUnavailable, TrainingCancelled
 from training import batching, evaluation, losses, modeling
 from training.arguments import TrainingArguments
 from training.audit import audit_run
-from training.curves import CurvePoint
+from training.curves import CurvePoint, save_curves
 from training.data import LabelledData, read_labelled_file
 from training.decision import decide, softmax
 from training.progress import CancelCheck, Progress, ProgressCallback, ignore_progress, never_cancelled
-from training.rundir import LABEL_ISSUES, TEST_CSV, RunDirectory, RunResult, SplitScores, record_test_scores, save_run
+from training.rundir import (
+    CURVES,
+    LABEL_ISSUES,
+    TEST_CSV,
+    RunDirectory,
+    RunResult,
+    SplitScores,
+    record_test_scores,
+    save_run,
+)
 from training.splits import Splits, load_splits
 
 # --- setup ---------------------------------------------------------------------------------
@@ -358,6 +367,13 @@ class LoopState:
     window: RunningLoss = field(default_factory=RunningLoss)
 
 
+def save_live_curves(state: LoopState, output_dir: Path) -> None:
+    """The curves so far, for whoever watches the run (``GET /jobs/{id}/curves``); ``save_run`` writes the last."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    best = state.selector.best
+    save_curves(state.curves, best.step if best else None, output_dir / CURVES)
+
+
 # --- calibration and final scores --------------------------------------------------------------
 
 
@@ -474,6 +490,7 @@ def fine_tune(
         selector=CheckpointSelector(patience=args.early_stopping_patience, threshold=args.early_stopping_threshold),
         curves=[evaluate_at(0)],
     )
+    save_live_curves(state, Path(output_dir))
     train_started = time.perf_counter()
     while state.step < schedule.total_steps and not state.selector.should_stop:
         for batch in batching.training_batches(
@@ -504,6 +521,7 @@ def fine_tune(
                 state.curves.append(point)
                 state.selector.offer(point, model)
                 state.window = RunningLoss()
+                save_live_curves(state, Path(output_dir))
             elapsed = time.perf_counter() - train_started
             on_progress(
                 Progress(

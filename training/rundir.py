@@ -162,6 +162,19 @@ def _read_json(path: Path) -> dict[str, Any]:
     return parsed
 
 
+def read_live_curves(path: Path) -> dict[str, Any] | None:
+    """The learning curves of a job's running (or chosen) attempt so far: ``best_step``, ``points``, ``attempt``.
+
+    None before the first evaluation is written. Points carry no server paths.
+    """
+    attempts = read_attempts(path)
+    try:
+        curves = _read_json(resolve(path) / CURVES)
+    except (OSError, ValueError):
+        return None
+    return {**curves, "attempt": int(attempts["chosen"]) if attempts else 1}
+
+
 def read_public_report(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The client-facing report of a run, and its diagnosis (None before the gate has run).
 

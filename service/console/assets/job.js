@@ -1,0 +1,215 @@
+// The job page: status and curves while it trains (polling GET /jobs/{id} and /curves), then the verdict.
+import { api, clear, download, el, fmt, imageFrom, parseCsv, showError, showIdentity, table, when } from "./console.js";
+
+const FINAL = ["succeeded", "blocked", "failed", "cancelled"];
+const POLL_MS = 1500;
+const jobId = decodeURIComponent(window.location.pathname.split("/").pop());
+const charts = {};
+let shownPoints = -1;
+
+function fact(list, term, value) {
+  list.append(el("dt", { text: term }), el("dd", {}, value));
+}
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  const s = Math.round(seconds);
+  return s >= 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s} s`;
+}
+
+function renderStatus(job) {
+  document.getElementById("title").textContent = `Job ${job.job_id}: ${job.model}`;
+  const p = job.progress || {};
+  const list = clear(document.getElementById("status"));
+  fact(list, "status", el("span", { class: `status ${job.status}`, id: "job-status", text: job.status }));
+  fact(list, "phase", el("span", { id: "job-phase", text: p.phase || (job.status === "queued" ? "waiting for a trainer" : "–") }));
+  fact(list, "epoch", p.epoch !== undefined ? p.epoch.toFixed(2) : "–");
+  fact(list, "step", p.total_steps ? `${p.step} of ${p.total_steps}` : "–");
+  if (!FINAL.includes(job.status)) fact(list, "time left", p.eta_seconds === null || p.eta_seconds === undefined ? "estimating…" : duration(p.eta_seconds));
+  if (p.metrics && p.metrics.val_macro_f1 !== undefined) fact(list, "validation macro-F1", fmt(p.metrics.val_macro_f1));
+  fact(list, "created", when(job.created_at));
+  if (job.ended_at && job.started_at) fact(list, "ran for", duration(job.ended_at - job.started_at));
+  const attempt = document.getElementById("attempt");
+  attempt.textContent = p.attempts_allowed > 1
+    ? `Attempt ${p.attempt} of at most ${p.attempts_allowed}${p.attempt_reason ? `: ${p.attempt_reason}` : ""}`
+    : "";
+  document.getElementById("cancel").hidden = FINAL.includes(job.status);
+}
+
+function chart(id, title, series, data) {
+  const node = document.getElementById(id);
+  const width = Math.max(280, Math.min(560, node.clientWidth || 560));
+  if (!charts[id]) {
+    charts[id] = new window.uPlot(
+      {
+        title, width, height: 240,
+        scales: { x: { time: false } },
+        axes: [{ label: "epoch" }, {}],
+        series: [{ label: "epoch" }, ...series],
+      },
+      data,
+      node,
+    );
+  } else {
+    charts[id].setData(data);
+  }
+}
+
+function renderCurves(curves) {
+  const pts = curves.points;
+  if (pts.length === shownPoints) return;
+  shownPoints = pts.length;
+  document.getElementById("point-count").textContent = String(pts.length);
+  const epochs = pts.map((p) => p.epoch);
+  chart("loss-chart", "loss", [
+    { label: "train (eval mode)", stroke: "#1f6feb", width: 2 },
+    { label: "validation", stroke: "#d1242f", width: 2 },
+    { label: "train objective (running)", stroke: "#8c959f", dash: [4, 4] },
+  ], [epochs, pts.map((p) => p.train_eval_loss), pts.map((p) => p.val_loss), pts.map((p) => p.train_loss)]);
+  chart("f1-chart", "macro-F1", [
+    { label: "train", stroke: "#1f6feb", width: 2 },
+    { label: "validation", stroke: "#d1242f", width: 2 },
+  ], [epochs, pts.map((p) => p.train_macro_f1), pts.map((p) => p.val_macro_f1)]);
+  clear(document.getElementById("points")).append(table(
+    ["step", "epoch", "train loss (eval)", "validation loss", "train macro-F1", "validation macro-F1", "best so far"],
+    pts.map((p) => [p.step, fmt(p.epoch, 2), fmt(p.train_eval_loss), fmt(p.val_loss), fmt(p.train_macro_f1), fmt(p.val_macro_f1), p.step === curves.best_step ? "✓" : ""]),
+    { numeric: [0, 1, 2, 3, 4, 5] },
+  ));
+}
+
+function renderFindings(diagnosis, job) {
+  const verdict = document.getElementById("verdict");
+  if (job.status === "succeeded") {
+    verdict.textContent = `Passed the gate: version ${job.result.version} was registered${job.result.promoted ? " and now serves" : " (not promoted)"}.`;
+    verdict.className = "verdict passed";
+  } else if (job.status === "blocked") {
+    verdict.textContent = `Blocked: ${job.reason}`;
+    verdict.className = "verdict blocked";
+  } else {
+    verdict.textContent = `${job.status === "failed" ? "Failed" : "Cancelled"}: ${job.reason || "no reason recorded"}`;
+    verdict.className = "verdict blocked";
+  }
+  const node = clear(document.getElementById("findings"));
+  if (!diagnosis) return;
+  if (!diagnosis.findings.length) {
+    node.append(el("p", { text: "No findings: the curves and validation predictions show no overfitting, underfitting or degenerate class." }));
+    return;
+  }
+  node.append(el("h3", { text: "Findings" }), el("ul", { class: "findings" }, diagnosis.findings.map((f) => el(
+    "li", { class: f.blocking ? "blocking" : "warning" },
+    el("strong", { text: `${f.verdict} (${f.blocking ? "blocks export" : "warning"})` }), ": ", f.message,
+    el("dl", { class: "evidence" }, Object.entries(f.evidence).flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: typeof v === "object" ? JSON.stringify(v) : fmt(v) })])),
+    el("p", {}, el("em", { text: "Remedy: " }), f.remedy),
+  ))));
+}
+
+function renderAttempts(result) {
+  const node = clear(document.getElementById("attempts"));
+  if (!result || !result.attempts || result.attempts.length < 2) return;
+  node.append(el("h3", { text: "Attempts" }), table(
+    ["attempt", "why it ran", "verdicts", "validation macro-F1", "seconds"],
+    result.attempts.map((a) => [a.number, a.reason || "the upload's own arguments", a.passed ? "passed" : a.verdicts.join(", "), fmt(a.validation_macro_f1), fmt(a.seconds, 0)]),
+    { numeric: [0, 3, 4] },
+  ));
+  if (result.stop_reason) node.append(el("p", { class: "hint" }, "Why no further attempt: ", result.stop_reason));
+}
+
+function renderMetrics(report) {
+  const node = clear(document.getElementById("metrics"));
+  for (const split of ["test", "validation"]) {
+    const scores = report[split];
+    if (!scores || !scores.per_class) continue;
+    node.append(
+      el("h3", { text: `Per class, on the ${split} split` }),
+      table(["class", "precision", "recall", "F1", "rows"], scores.per_class.map((c) => [c.label, fmt(c.precision), fmt(c.recall), fmt(c.f1), c.support]), { numeric: [1, 2, 3, 4] }),
+      el("p", { id: `${split}-summary` }, `macro-F1 ${fmt(scores.macro_f1)}, accuracy ${fmt(scores.accuracy)}; calibration error (ECE) ${fmt(scores.ece_before_calibration)} before, ${fmt(scores.ece_after_calibration)} after temperature scaling.`),
+    );
+    break; // the test split when it was scored, else validation
+  }
+}
+
+async function renderPlots() {
+  const node = clear(document.getElementById("plots"));
+  for (const [file, alt] of [["learning_curves.png", "Learning curves, selected checkpoint marked"], ["confusion_matrix.png", "Confusion matrix"]]) {
+    try {
+      node.append(el("figure", {}, await imageFrom(`/jobs/${encodeURIComponent(jobId)}/${file}`, alt), el("figcaption", { text: alt })));
+    } catch (err) {
+      // a job that failed before training ended has no plots
+    }
+  }
+}
+
+async function renderLabelIssues(result) {
+  const node = clear(document.getElementById("label-issues"));
+  const audit = result && result.label_audit;
+  if (!audit) return false;
+  node.append(el("h3", { text: "Label issues" }), el("p", {}, `${audit.flagged} of ${audit.rows_audited} rows look mislabelled (estimated label noise ${(100 * audit.estimated_noise_share).toFixed(1)}%).`));
+  if (!audit.flagged) return true;
+  try {
+    const response = await api(`/jobs/${encodeURIComponent(jobId)}/label_issues.csv`, { raw: true });
+    const [header, ...rows] = parseCsv(await response.text()).filter((r) => r.length > 1);
+    node.append(table(header.map((h) => h.replaceAll("_", " ")), rows.slice(0, 20), { caption: rows.length > 20 ? `The 20 most doubtful of ${rows.length}` : null, numeric: [0, 5] }));
+  } catch (err) {
+    node.append(el("p", { class: "error", text: err.message }));
+  }
+  return true;
+}
+
+function renderDownloads(hasIssues, hasReport) {
+  const node = clear(document.getElementById("downloads"));
+  const files = [];
+  if (hasReport) files.push(["report", "report.json"], ["learning_curves.png", "learning_curves.png"], ["confusion_matrix.png", "confusion_matrix.png"]);
+  if (hasIssues) files.push(["label_issues.csv", "label_issues.csv"]);
+  for (const [path, name] of files) {
+    node.append(el("li", {}, el("button", { type: "button", onclick: () => download(`/jobs/${encodeURIComponent(jobId)}/${path}`, `${jobId}-${name}`).catch((err) => showError(document.getElementById("job-error"), err)), text: `Download ${name}` })));
+  }
+}
+
+async function renderOutcome(job) {
+  document.getElementById("outcome").hidden = false;
+  let report = null;
+  try {
+    report = await api(`/jobs/${encodeURIComponent(jobId)}/report`);
+  } catch (err) {
+    // no report: the job ended before training did
+  }
+  renderFindings(report ? report.diagnosis : null, job);
+  renderAttempts(job.result);
+  if (report) renderMetrics(report.report);
+  await renderPlots();
+  const hasIssues = await renderLabelIssues(job.result);
+  renderDownloads(hasIssues, report !== null);
+  if (job.status === "succeeded") {
+    document.getElementById("verdict").append(" ", el("a", { href: `/console/models?model=${encodeURIComponent(job.model)}&version=${encodeURIComponent(job.result.version)}#try`, text: "Try this model" }));
+  }
+}
+
+async function poll() {
+  const error = document.getElementById("job-error");
+  try {
+    const job = await api(`/jobs/${encodeURIComponent(jobId)}`);
+    showError(error, null);
+    renderStatus(job);
+    try {
+      renderCurves(await api(`/jobs/${encodeURIComponent(jobId)}/curves`));
+    } catch (err) {
+      if (err.status !== 404) throw err; // 404: no evaluation yet
+    }
+    if (FINAL.includes(job.status)) return renderOutcome(job);
+  } catch (err) {
+    showError(error, err);
+    if (err.status === 401 || err.status === 403 || err.status === 404) return;
+  }
+  setTimeout(poll, POLL_MS);
+}
+
+document.getElementById("cancel").addEventListener("click", async () => {
+  if (!window.confirm("Cancel this job? Nothing of it will be exported.")) return;
+  try {
+    await api(`/jobs/${encodeURIComponent(jobId)}/cancel`, { method: "POST" });
+  } catch (err) {
+    showError(document.getElementById("job-error"), err);
+  }
+});
+showIdentity();
+poll();
