@@ -36,9 +36,17 @@ function renderStatus(job) {
   document.getElementById("cancel").hidden = FINAL.includes(job.status);
 }
 
+function chartWidth(node) {
+  return Math.max(260, Math.min(560, node.clientWidth || 560));
+}
+
+window.addEventListener("resize", () => {
+  for (const [id, plot] of Object.entries(charts)) plot.setSize({ width: chartWidth(document.getElementById(id)), height: 240 });
+});
+
 function chart(id, title, series, data) {
   const node = document.getElementById(id);
-  const width = Math.max(280, Math.min(560, node.clientWidth || 560));
+  const width = chartWidth(node);
   if (!charts[id]) {
     charts[id] = new window.uPlot(
       {

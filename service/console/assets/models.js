@@ -42,7 +42,7 @@ async function tryIt(event) {
     const answer = await api("/predict", { method: "POST", json: { texts: [text], model, version: document.getElementById("try-version").value || null } });
     const p = answer.predictions[0];
     out.append(
-      el("p", { class: "answer" }, "Label ", el("strong", { id: "try-label", text: p.label }), ` with confidence `, el("strong", { id: "try-confidence", text: fmt(p.confidence) }),
+      el("p", { class: "answer" }, "Label ", el("strong", { id: "try-label", text: p.label }), ` with confidence `, el("strong", { id: "try-confidence", text: p.confidence.toFixed(3) }),
         ` (${answer.model}, version ${answer.version})`, p.truncated ? "; the text was cut at the model's max_length" : ""),
       table(["class", "probability"], Object.entries(p.probabilities).sort((a, b) => b[1] - a[1]).map(([label, prob]) => [label, fmt(prob)]), { caption: "Class probabilities", numeric: [1] }),
     );

@@ -1,0 +1,339 @@
+"""The web console, end to end in a real headless Chromium against a real server with the tiny model.
+
+Every request the browser makes is recorded (Chrome's performance log), so "no third-party
+origin" is checked on what the browser actually fetched, not on what the HTML says.
+Screenshots of the job and models pages are taken at 1280 and 390 px; set
+``FITGATE_CONSOLE_SCREENSHOTS=docs/console`` to write them where the README shows them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
+from selenium.webdriver.chrome.service import Service as ChromeService
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.select import Select
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.conftest import keyword_rows, require_tool, write_csv
+from tests.service.conftest import TOKENS, Server, bearer, make_server
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "examples" / "sms_spam_sample.csv"
+XSS = "<img src=x onerror=alert(1)>"
+WIDTHS = (1280, 390)
+# what the tiny random BERT learns in seconds; the console's own option fields carry them
+TINY_OPTIONS = {"num_train_epochs": "3", "learning_rate": "0.005", "max_length": "32"}
+
+
+@pytest.fixture(scope="module")
+def console_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Server]:
+    srv = make_server(tmp_path_factory.mktemp("console"), tiny_model_dir)
+    srv.start()
+    yield srv
+    srv.kill(signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    chromium = require_tool("chromium", "the test command installs Debian's chromium")
+    driver_path = require_tool("chromedriver", "the test command installs Debian's chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=ChromeService(executable_path=driver_path))
+    driver.implicitly_wait(0)
+    yield driver
+    driver.quit()
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def wait_for(driver: WebDriver, timeout: float = 30) -> WebDriverWait[WebDriver]:
+    return WebDriverWait(driver, timeout, poll_frequency=0.2)
+
+
+def visible(driver: WebDriver, css: str, timeout: float = 30) -> WebElement:
+    return wait_for(driver, timeout).until(ec.visibility_of_element_located((By.CSS_SELECTOR, css)))
+
+
+def click(driver: WebDriver, css: str) -> None:
+    """Click an element a re-render may replace between finding and clicking it."""
+    wait_for(driver).until(lambda d: _clicked(d, css))
+
+
+def _clicked(driver: WebDriver, css: str) -> bool:
+    try:
+        driver.find_element(By.CSS_SELECTOR, css).click()
+        return True
+    except (StaleElementReferenceException, NoSuchElementException):
+        return False
+
+
+def text_of(driver: WebDriver, css: str) -> str:
+    return str(driver.find_element(By.CSS_SELECTOR, css).text)
+
+
+def requested_urls(driver: WebDriver) -> list[str]:
+    """Every URL the browser requested since the last call (the performance log is drained on read)."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def browser_errors(driver: WebDriver) -> list[str]:
+    """Console errors since the last call: script errors and CSP violations (a 4xx answer is the API's, not one)."""
+    return [
+        e["message"]
+        for e in driver.get_log("browser")
+        if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]
+    ]
+
+
+def assert_only_own_origin(urls: list[str], server: Server) -> None:
+    own = urlsplit(server.url).netloc
+    foreign = [u for u in urls if urlsplit(u).scheme in ("http", "https", "ws", "wss") and urlsplit(u).netloc != own]
+    assert not foreign, f"the page contacted other origins: {foreign}"
+
+
+def sign_in(driver: WebDriver, server: Server, who: str) -> None:
+    driver.get(f"{server.url}/")
+    field = visible(driver, "#token")
+    field.send_keys(TOKENS[who][0])
+    driver.find_element(By.CSS_SELECTOR, "#signin button[type=submit]").click()
+    wait_for(driver).until(ec.text_to_be_present_in_element((By.ID, "identity"), "Signed in: team"))
+
+
+def choose_file(driver: WebDriver, path: Path, model: str) -> None:
+    driver.find_element(By.ID, "model-name").send_keys(model)
+    driver.find_element(By.ID, "file").send_keys(str(path))
+
+
+def set_options(driver: WebDriver, values: dict[str, str]) -> None:
+    for name, value in values.items():
+        field = driver.find_element(By.ID, f"opt-{name}")
+        field.clear()
+        field.send_keys(value)
+
+
+def screenshot(driver: WebDriver, name: str, tmp_path: Path) -> None:
+    folder = Path(os.environ.get("FITGATE_CONSOLE_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    for width in WIDTHS:
+        driver.set_window_size(width, 1000)
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(width, min(int(height) + 120, 6000))
+        path = folder / f"{name}-{width}.png"
+        assert driver.save_screenshot(str(path)), path
+        assert path.stat().st_size > 10_000
+    driver.set_window_size(1280, 1000)
+
+
+def finished(driver: WebDriver, timeout: float = 240) -> str:
+    wait_for(driver, timeout).until(
+        lambda d: text_of(d, "#job-status") in {"succeeded", "blocked", "failed", "cancelled"}
+    )
+    visible(driver, "#outcome")
+    return text_of(driver, "#job-status")
+
+
+def api_job(server: Server, driver: WebDriver, who: str) -> dict[str, Any]:
+    """The job the browser shows, as the API answers it."""
+    job_id = driver.current_url.rsplit("/", 1)[1]
+    return dict(httpx.get(f"{server.url}/jobs/{job_id}", headers=bearer(who), timeout=30).json())
+
+
+# --- the specification -------------------------------------------------------------------------------
+
+
+def test_a_product_engineer_fine_tunes_tries_promotes_and_rolls_back_in_the_browser(
+    console_server: Server, browser: WebDriver, tmp_path: Path
+) -> None:
+    requested_urls(browser)
+    sign_in(browser, console_server, "team-a")
+
+    # what fitgate read, before anything trains
+    choose_file(browser, SAMPLE, "team-a/spam")
+    visible(browser, "#detected")
+    assert "Text column text, label column label" in text_of(browser, "#detected")
+    assert "1000 of 1000 rows kept" in text_of(browser, "#detected")
+    assert Select(browser.find_element(By.ID, "text-column")).first_selected_option.text == "text"
+    check = text_of(browser, "#check")
+    assert "ham" in check and "866" in check and "spam" in check and "134" in check
+    assert "26 duplicate texts" in check
+
+    # start with the tiny model's options; the job page draws the curves as evaluations arrive
+    set_options(browser, TINY_OPTIONS)
+    browser.find_element(By.ID, "start").click()
+    wait_for(browser).until(ec.url_contains("/console/jobs/"))
+    wait_for(browser, 120).until(lambda d: int(text_of(d, "#point-count") or 0) >= 2)
+    assert browser.find_elements(By.CSS_SELECTOR, "#loss-chart canvas"), "the loss chart is drawn"
+    status = finished(browser)
+    job = api_job(console_server, browser, "team-a")
+    assert status == job["status"]
+    assert text_of(browser, "#job-phase") == "done"
+    points = browser.find_elements(By.CSS_SELECTOR, "#points tbody tr")
+    assert len(points) >= 2
+    verdict = text_of(browser, "#verdict")
+    if status == "succeeded":
+        assert job["result"]["version"] in verdict
+        assert "macro-F1" in text_of(browser, "#metrics")
+        assert "ECE" in text_of(browser, "#metrics")
+    else:  # the tiny random BERT may be judged blocked: the page says why, with the findings
+        assert job["reason"] in verdict
+        assert browser.find_elements(By.CSS_SELECTOR, "ul.findings li")
+    wait_for(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#plots img")) == 2)
+    assert "rows look mislabelled" in text_of(browser, "#label-issues")
+    assert browser.find_elements(By.XPATH, "//button[text()='Download report.json']")
+    screenshot(browser, "job", tmp_path)
+
+    # a second version of the same model, learnable for sure, so there is something to promote and roll back
+    keyword = write_csv(tmp_path / "keyword.csv", keyword_rows(300))
+    browser.get(f"{console_server.url}/")
+    choose_file(browser, keyword, "team-a/spam")
+    visible(browser, "#detected")
+    set_options(browser, {**TINY_OPTIONS, "num_train_epochs": "4"})
+    browser.find_element(By.ID, "start").click()
+    wait_for(browser).until(ec.url_contains("/console/jobs/"))
+    assert finished(browser) == "succeeded", text_of(browser, "#verdict")
+    new_version = api_job(console_server, browser, "team-a")["result"]["version"]
+
+    # try it: the served version answers with label, confidence and probabilities
+    browser.find_element(By.LINK_TEXT, "Try this model").click()
+    visible(browser, "#try-text").send_keys("win cash prize claim now urgent")
+    wait_for(browser).until(lambda d: Select(d.find_element(By.ID, "try-version")).first_selected_option.text)
+    browser.find_element(By.CSS_SELECTOR, "#try-form button[type=submit]").click()
+    label = visible(browser, "#try-label").text
+    answered = httpx.post(
+        f"{console_server.url}/predict",
+        json={"texts": ["win cash prize claim now urgent"], "model": "team-a/spam"},
+        headers=bearer("team-a"),
+        timeout=30,
+    ).json()["predictions"][0]
+    assert label == answered["label"] == "spam"
+    assert float(text_of(browser, "#try-confidence")) == pytest.approx(answered["confidence"], abs=1e-3)
+    assert "Class probabilities" in text_of(browser, "#try-result")
+
+    # promote and roll back, each after a confirmation
+    versions = [v for v in httpx.get(f"{console_server.url}/models", headers=bearer("team-a")).json()]
+    assert [v["version"] for v in versions if v["current"]] == [new_version]
+    if len(versions) >= 2:
+        older = next(v["version"] for v in versions if not v["current"])
+        click(browser, f"button.promote[data-version='{older}']")
+        browser.switch_to.alert.accept()
+        wait_for(browser).until(lambda d: current_version(console_server) == older)
+    click(browser, "button.rollback")
+    browser.switch_to.alert.accept()
+    if len(versions) >= 2:
+        wait_for(browser).until(lambda d: current_version(console_server) == new_version)
+    else:  # one version: nothing to roll back to, and the page says so in the API's words
+        wait_for(browser).until(lambda d: "nothing to roll back" in text_of(d, "#models-error").lower() or
+                                text_of(d, "#models-error"))  # fmt: skip
+        assert text_of(browser, "#models-error")
+    wait_for(browser).until(lambda d: "drift detector" in text_of(d, "#models"))
+    screenshot(browser, "models", tmp_path)
+
+    urls = requested_urls(browser)
+    assert any(u.endswith("/finetune/validate") for u in urls)
+    assert_only_own_origin(urls, console_server)
+    assert not [e for e in browser_errors(browser) if "Content Security Policy" in e]
+
+
+def current_version(server: Server) -> str | None:
+    for v in httpx.get(f"{server.url}/models", headers=bearer("team-a"), timeout=30).json():
+        if v["model"] == "team-a/spam" and v["current"]:
+            return str(v["version"])
+    return None
+
+
+def test_labels_file_names_and_texts_from_users_show_as_text_never_as_markup(
+    console_server: Server, browser: WebDriver, tmp_path: Path
+) -> None:
+    rows = [(f"win cash {XSS} prize {i}", XSS) if i % 3 == 0 else (f"see you at lunch {i}", "ham") for i in range(120)]
+    data = write_csv(tmp_path / f"{XSS[:4]}labels.csv", rows)
+    sign_in(browser, console_server, "team-a")
+    browser.get_log("browser")
+    choose_file(browser, data, "team-a/xss")
+    visible(browser, "#detected")
+    check = text_of(browser, "#check")
+    assert XSS in check, "the label is shown as the text it is"
+    assert not browser.find_elements(By.CSS_SELECTOR, "#check img"), "no element was made from a label"
+    set_options(browser, TINY_OPTIONS)
+    browser.find_element(By.ID, "start").click()
+    wait_for(browser).until(ec.url_contains("/console/jobs/"))
+    finished(browser)
+    assert not browser.find_elements(By.CSS_SELECTOR, "main img:not(#plots img)")
+    if browser.find_elements(By.CSS_SELECTOR, "#metrics table"):
+        assert XSS in text_of(browser, "#metrics")
+    with pytest.raises(TimeoutException):  # an executed onerror would open an alert
+        wait_for(browser, 1).until(ec.alert_is_present())
+    assert not browser_errors(browser), "no script error, no CSP violation"
+
+
+def test_a_second_team_cannot_see_the_first_teams_job_in_the_browser(
+    console_server: Server, browser: WebDriver
+) -> None:
+    jobs = httpx.get(f"{console_server.url}/jobs", headers=bearer("team-a"), timeout=30).json()
+    assert jobs, "the first test left team-a a job"
+    sign_in(browser, console_server, "team-b")
+    wait_for(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs p, #jobs table"))
+    assert jobs[0]["job_id"] not in text_of(browser, "#jobs")
+    browser.get(f"{console_server.url}/console/jobs/{jobs[0]['job_id']}")
+    wait_for(browser).until(lambda d: text_of(d, "#job-error"))
+    assert "not found" in text_of(browser, "#job-error").lower() or "no job" in text_of(browser, "#job-error").lower()
+    assert not browser.find_elements(By.CSS_SELECTOR, "#job-status")
+
+
+def test_a_token_is_kept_for_the_tab_only_and_a_wrong_one_is_refused_with_the_apis_message(
+    console_server: Server, browser: WebDriver
+) -> None:
+    browser.get(f"{console_server.url}/")
+    browser.execute_script("sessionStorage.clear()")
+    browser.get(f"{console_server.url}/")
+    visible(browser, "#token").send_keys("not-a-token")
+    browser.find_element(By.CSS_SELECTOR, "#signin button[type=submit]").click()
+    wait_for(browser).until(lambda d: text_of(d, "#signin-error"))
+    assert "refused" in text_of(browser, "#signin-error")
+    assert browser.execute_script("return document.cookie") == ""
+    sign_in(browser, console_server, "team-a")
+    assert browser.execute_script("return sessionStorage.getItem('fitgate.token')") == TOKENS["team-a"][0]
+
+
+def test_the_api_docs_load_swagger_ui_from_the_service_itself(console_server: Server, browser: WebDriver) -> None:
+    requested_urls(browser)
+    browser_errors(browser)
+    browser.get(f"{console_server.url}/docs")
+    visible(browser, ".swagger-ui .information-container", timeout=60)
+    assert "/finetune/validate" in text_of(browser, "#swagger-ui")
+    urls = requested_urls(browser)
+    assert any(u.endswith("/docs/assets/swagger-ui-bundle.js") for u in urls)
+    assert_only_own_origin(urls, console_server)
+    assert not [e for e in browser_errors(browser) if "Content Security Policy" in e]
+
+
+def test_every_page_carries_a_policy_that_forbids_inline_script_and_other_origins(console_server: Server) -> None:
+    for path in ("/", "/console/models", "/console/jobs/x", "/docs"):
+        r = httpx.get(f"{console_server.url}{path}", timeout=30)
+        assert r.status_code == 200, path
+        policy = r.headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "default-src 'none'" in policy and "unsafe-inline" not in policy
+        assert "<script>" not in r.text and "googletagmanager" not in r.text and "cdn." not in r.text
