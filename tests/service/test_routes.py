@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -19,6 +20,7 @@ from models.registry import open_registry
 from service.app import attach, create_app
 from service.auth import hash_token
 from service.core import Fitgate
+from training import rundir
 
 CSV = ("text,label\n" + "".join(f"text number {i},{'ab'[i % 2]}\n" for i in range(60))).encode()
 TOKENS = {"team-a": "token-a", "team-b": "token-b"}
@@ -128,3 +130,131 @@ def test_predict_answers_with_the_promoted_version_on_onnx_runtime(settings: Set
         assert prediction["label"] in {"ham", "spam"}
         assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         assert prediction["confidence"] == pytest.approx(prediction["probabilities"][prediction["label"]], abs=1e-6)
+
+
+# --- what the console builds on: the dry run, the argument list, identity, versions, drift, headers ---
+
+
+def validate(client: TestClient, body: bytes, parameters: str = "{}", name: str = "d.csv") -> dict[str, Any]:
+    response = client.post(
+        "/finetune/validate", headers=bearer("team-a"), files={"file": (name, body)}, data={"parameters": parameters}
+    )
+    return {**response.json(), "http": response.status_code}
+
+
+def test_a_dry_run_says_what_fitgate_read_and_keeps_nothing(client: TestClient, settings: Settings) -> None:
+    body = CSV + b"text number 0,b\ntext number 0,a\n,a\n"  # a duplicate with a conflicting label, an empty text
+    check = validate(client, body)
+    assert check["http"] == 200 and check["accepted"] is True and check["refusal"] is None
+    assert (check["columns"], check["text_column"], check["label_column"]) == (["text", "label"], "text", "label")
+    assert (check["rows_read"], check["rows_kept"], check["empty_texts_dropped"]) == (63, 62, 1)
+    assert check["class_counts"] == {"a": 31, "b": 31}
+    assert (check["duplicate_texts"], check["conflicting_texts"]) == (2, 1)
+    assert check["conflicting_examples"] == ["text number 0"]
+    assert sum(check["splits"].values()) == 62 and check["splits"]["validation"] > 0
+    assert client.get("/jobs", headers=bearer("team-a")).json() == []
+    assert not list(settings.data_dir.glob("uploads/*")) and not list(settings.data_dir.glob(".dry-run-*"))
+
+
+def test_a_dry_run_of_a_file_fitgate_would_refuse_answers_the_refusal_and_the_columns_to_choose_from(
+    client: TestClient,
+) -> None:
+    body = b"message_body,kind\n" + b"".join(f"text {i},{'xy'[i % 2]}\n".encode() for i in range(40))
+    refused = validate(client, body)
+    assert refused["http"] == 200 and refused["accepted"] is False
+    assert refused["columns"] == ["message_body", "kind"]
+    assert refused["refusal"]["type"] == "DataError" and "no text column found" in refused["refusal"]["message"]
+    chosen = validate(client, body, '{"text_column": "message_body", "label_column": "kind"}')
+    assert chosen["accepted"] is True and chosen["class_counts"] == {"x": 20, "y": 20}
+
+
+@pytest.mark.parametrize(
+    ("name", "parameters", "says"),
+    [("d.xlsx", "{}", "upload a .csv"), ("d.csv", "{not json", "not valid JSON"), ("d.csv", '{"seed": -1}', "seed")],
+)
+def test_a_dry_run_with_a_wrong_request_is_a_422_like_the_upload_itself(
+    client: TestClient, name: str, parameters: str, says: str
+) -> None:
+    wrong = validate(client, CSV, parameters, name)
+    assert wrong["http"] == 422 and says in wrong["error"]["message"]
+
+
+def test_the_training_arguments_are_listed_with_defaults_and_descriptions_but_not_server_settings(
+    client: TestClient,
+) -> None:
+    arguments = client.get("/finetune/arguments").json()
+    assert arguments["num_train_epochs"]["default"] == 6 and arguments["num_train_epochs"]["description"]
+    assert "learning_rate" in arguments and "base_model" not in arguments
+
+
+def test_whoami_names_the_tokens_team_refuses_a_wrong_token_and_says_when_there_are_no_tokens(
+    client: TestClient, tmp_path: Path
+) -> None:
+    me = client.get("/whoami", headers=bearer("team-b")).json()
+    assert me == {"mode": "tokens", "team": "team-b", "roles": ["finetune", "predict"]}
+    wrong = client.get("/whoami", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["message"] == "invalid API token"
+    open_settings = Settings(data_dir=tmp_path / "open")
+    for host, roles in (("127.0.0.1", ["admin", "finetune", "predict"]), ("10.1.2.3", ["predict"])):
+        with TestClient(attach(create_app(open_settings), Fitgate(open_settings)), client=(host, 5000)) as c:
+            assert c.get("/whoami").json() == {"mode": "loopback", "team": None, "roles": roles}
+
+
+def test_a_version_other_than_the_served_one_can_be_tried_and_is_not_monitored(
+    settings: Settings, healthy_run: Path
+) -> None:
+    name = ModelName.parse("team-a/spam")
+    registry = open_registry(settings)
+    first = release(healthy_run, name, settings, registry, promote=True).version
+    second = release(healthy_run, name, settings, registry, promote=True).version
+    texts = {"texts": ["win cash prize now"], "model": "team-a/spam"}
+    with TestClient(attach(create_app(settings), Fitgate(settings)), client=("127.0.0.1", 5000)) as client:
+        served = client.post("/predict", json=texts).json()
+        tried = client.post("/predict", json={**texts, "version": first}).json()
+        unknown = client.post("/predict", json={**texts, "version": "nope"})
+        drift = client.get("/models/team-a/spam/drift", headers=bearer("team-a")).json()
+        other_team = client.get("/models/team-a/spam/drift", headers=bearer("team-b"))
+        missing = client.get("/models/team-a/none/drift", headers=bearer("team-a"))
+    assert (served["version"], tried["version"]) == (second, first)
+    assert tried["predictions"][0]["probabilities"] == pytest.approx(served["predictions"][0]["probabilities"])
+    assert unknown.status_code == 404
+    assert drift["version"] == second
+    assert {d["predictions_seen"] for d in drift["detectors"].values()} == {1}, "the tried version fed no detector"
+    assert set(drift["detectors"]["class_mix"]) == {"statistic", "threshold", "detected", "alarms", "predictions_seen"}
+    assert (other_team.status_code, missing.status_code) == (403, 404)
+
+
+def test_a_finished_job_says_done_and_keeps_where_training_ended(client: TestClient) -> None:
+    fitgate: Fitgate = client.app.state.fitgate  # type: ignore[attr-defined]
+    job_id = str(upload(client)["job_id"])
+    fitgate.jobs.update_progress(job_id, {"phase": "registering", "epoch": 3.0, "step": 75, "eta_seconds": 4.0})
+    fitgate.jobs.finish(job_id, "succeeded", result={})
+    progress = client.get(f"/jobs/{job_id}", headers=bearer("team-a")).json()["progress"]
+    assert progress == {"phase": "done", "epoch": 3.0, "step": 75, "eta_seconds": 0}
+
+
+def test_curves_of_a_job_are_served_while_it_trains_and_not_found_before_the_first_point(
+    client: TestClient, settings: Settings, healthy_run: Path
+) -> None:
+    job_id = str(upload(client)["job_id"])
+    assert client.get(f"/jobs/{job_id}/curves", headers=bearer("team-a")).status_code == 404
+    attempt = rundir.attempt_dir(settings.run_dir(job_id), 1)
+    attempt.mkdir(parents=True)
+    (attempt / rundir.CURVES).write_text((healthy_run / rundir.CURVES).read_text())
+    rundir.write_attempts(settings.run_dir(job_id), [], chosen=1)
+    curves = client.get(f"/jobs/{job_id}/curves", headers=bearer("team-a")).json()
+    assert curves["attempt"] == 1 and len(curves["points"]) >= 2 and "val_macro_f1" in curves["points"][0]
+    assert client.get(f"/jobs/{job_id}/curves", headers=bearer("team-b")).status_code == 404
+
+
+def test_every_response_carries_the_content_security_policy_and_the_pages_have_no_inline_script(
+    client: TestClient,
+) -> None:
+    for path in ("/", "/console/models", "/console/jobs/any", "/docs", "/finetune/arguments", "/jobs/none"):
+        response = client.get(path, headers=bearer("team-a"))
+        assert "script-src 'self'" in response.headers["content-security-policy"], path
+        assert response.headers["x-content-type-options"] == "nosniff"
+        if response.headers["content-type"].startswith("text/html"):
+            assert "<script>" not in response.text and "https://" not in response.text, path
+    assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
+    assert client.get("/console/assets/vendor/uplot/LICENSE").status_code == 200

@@ -133,11 +133,27 @@ def test_without_best_restore_the_last_evaluation_is_exported(
     assert result.best_step == result.curves[-1].step
 
 
-def test_cancel_stops_between_steps_and_writes_nothing(tiny_model_dir: Path, keyword_csv: Path, tmp_path: Path) -> None:
+def test_cancel_stops_between_steps_and_leaves_only_the_curves_so_far(
+    tiny_model_dir: Path, keyword_csv: Path, tmp_path: Path
+) -> None:
     calls = iter(range(1000))
     with pytest.raises(TrainingCancelled, match="cancelled at step 3"):
         fine_tune(keyword_csv, tmp_path / "run", _args(tiny_model_dir), should_cancel=lambda: next(calls) >= 3)
-    assert not (tmp_path / "run").exists()
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["curves.json"], "no model, no report"
+
+
+def test_the_curves_are_readable_while_the_run_trains_one_point_per_evaluation(
+    tiny_model_dir: Path, keyword_csv: Path, tmp_path: Path
+) -> None:
+    read_while_training: list[int] = []
+
+    def watch(progress: Progress) -> None:
+        if progress.phase == "training":
+            read_while_training.append(len(load_curves(tmp_path / "run" / "curves.json")[0]))
+
+    fine_tune(keyword_csv, tmp_path / "run", _args(tiny_model_dir, num_train_epochs=3), on_progress=watch)
+    assert read_while_training[0] == 1, "the untrained start is there before the first step"
+    assert read_while_training[-1] == 4 and read_while_training == sorted(read_while_training)
 
 
 def test_progress_reports_phases_steps_and_eta(tiny_model_dir: Path, keyword_csv: Path, tmp_path: Path) -> None:
