@@ -1,11 +1,12 @@
-"""Refresh docs/BENCHMARKS.md from the benchmark results: the machine block and every included table.
+"""Refresh docs/BENCHMARKS.md (and the README's figures) from the benchmark results: the machine block
+and every included table.
 
 The page's prose is written by people; its figures are not. Each table sits between
 ``<!-- include bench/results/NAME.md -->`` and ``<!-- end include -->`` and is replaced by that
 file, which the benchmark script wrote; ``<!-- machine -->`` ... ``<!-- end machine -->`` is
 replaced by this machine's description. bench/run_all calls this last.
 
-    python bench/report.py            # rewrite docs/BENCHMARKS.md in place
+    python bench/report.py            # rewrite docs/BENCHMARKS.md and README.md in place
     python bench/report.py --check    # exit 1 if a table differs from its results file (nothing written)
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "BENCHMARKS.md"
+PAGES = (PAGE, ROOT / "README.md")  # pages that quote figures from bench/results
 INCLUDE = re.compile(r"(<!-- include (\S+) -->\n)(.*?)(<!-- end include -->)", re.S)
 MACHINE = re.compile(r"(<!-- machine -->\n)(.*?)(<!-- end machine -->)", re.S)
 
@@ -62,13 +64,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only report whether the tables are up to date")
     ns = parser.parse_args()
-    old = PAGE.read_text()
     if ns.check:  # the machine block describes where the figures were made, not where this runs
-        stale = render(old, with_machine=False) != old
-        sys.exit(f"{PAGE} differs from bench/results: run python bench/report.py" if stale else 0)
-    new = render(old)
-    PAGE.write_text(new)
-    print(f"wrote {PAGE}: {len(INCLUDE.findall(new))} tables included")
+        stale = [page for page in PAGES if render(page.read_text(), with_machine=False) != page.read_text()]
+        sys.exit(f"{', '.join(map(str, stale))} differ from bench/results: run python bench/report.py" if stale else 0)
+    for page in PAGES:
+        new = render(page.read_text())
+        page.write_text(new)
+        print(f"wrote {page}: {len(INCLUDE.findall(new))} tables included")
 
 
 if __name__ == "__main__":

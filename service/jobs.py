@@ -175,10 +175,12 @@ class JobStore:
         assert status in FINAL
         with self._db() as db:
             db.execute(
-                # the last progress stays (epoch, step, metrics), with phase "done": a finished job says it ended
-                "UPDATE jobs SET status = ?, reason = ?, result = COALESCE(?, result), ended_at = ?, "
-                "progress = json_set(progress, '$.phase', 'done', '$.eta_seconds', 0) "
-                "WHERE id = ? AND status NOT IN ('succeeded', 'blocked', 'failed', 'cancelled')",
+                # the last progress stays (epoch, step, metrics); a job that ran to its verdict says phase "done",
+                # one that failed or was cancelled keeps the phase it stopped in
+                "UPDATE jobs SET status = ?1, reason = ?2, result = COALESCE(?3, result), ended_at = ?4, "
+                "progress = CASE WHEN ?1 IN ('succeeded', 'blocked') "
+                "THEN json_set(progress, '$.phase', 'done', '$.eta_seconds', 0) ELSE progress END "
+                "WHERE id = ?5 AND status NOT IN ('succeeded', 'blocked', 'failed', 'cancelled')",
                 (status, reason, json.dumps(result) if result is not None else None, time.time(), job_id),
             )
 

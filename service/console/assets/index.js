@@ -14,6 +14,8 @@ async function refreshIdentity() {
   } else {
     mode.textContent = "Paste an API token your operators gave you.";
   }
+  const name = document.getElementById("model-name");
+  name.placeholder = me && me.team ? `${me.team}/name` : "team/name, e.g. demo/spam";
   return me;
 }
 
