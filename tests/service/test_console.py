@@ -72,7 +72,8 @@ def browser() -> Iterator[WebDriver]:
 
 
 def wait_for(driver: WebDriver, timeout: float = 30) -> WebDriverWait[WebDriver]:
-    return WebDriverWait(driver, timeout, poll_frequency=0.2)
+    """Wait, retrying a check that met an element the page's polling just re-rendered."""
+    return WebDriverWait(driver, timeout, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,))
 
 
 def visible(driver: WebDriver, css: str, timeout: float = 30) -> WebElement:
