@@ -160,6 +160,12 @@ class TrainingCancelled(FitgateError):
     status_code = 409
 
 
+class LeaseLost(FitgateError):
+    """A trainer's lease on a job was taken over by another: it must record nothing more for that job."""
+
+    status_code = 409
+
+
 class NoModelDeployed(FitgateError):
     status_code = 503
 
@@ -217,6 +223,8 @@ def _says_disk_full(exc: BaseException) -> bool:
         return any(os.strerror(code) in str(why) for *_, why in failures for code in _DISK_FULL_ERRNOS)
     if isinstance(exc, OSError):
         return exc.errno in _DISK_FULL_ERRNOS
+    if getattr(exc, "sqlstate", None) == "53100":  # PostgreSQL's disk_full (psycopg's errors carry the code)
+        return True
     return isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 
@@ -229,8 +237,9 @@ def _says_out_of_memory(exc: BaseException) -> bool:
 def is_disk_full(exc: BaseException) -> bool:
     """Whether ``exc``, or an error it came from, means a volume had no space left.
 
-    The errno alone misses two cases: ``shutil.copytree`` reports its files' failures as text
-    in one ``shutil.Error``, and SQLite reports SQLITE_FULL.
+    The errno alone misses three cases: ``shutil.copytree`` reports its files' failures as text
+    in one ``shutil.Error``, SQLite reports SQLITE_FULL and PostgreSQL SQLSTATE 53100
+    (SQLAlchemy raises its own error from the driver's, which the chain follows).
     """
     return any(_says_disk_full(e) for e in _chain(exc))
 

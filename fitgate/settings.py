@@ -18,6 +18,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("fitgate-data")
     """Where fitgate keeps its state: runs and the registry database."""
+    database_url: str | None = None
+    """PostgreSQL for the job queue and the registry (postgresql://user:password@host/db); unset: SQLite files
+    in data_dir. Several trainers, or pods on several nodes, need PostgreSQL (docs/DEPLOY.md)."""
     sqlite_journal_mode: Literal["wal", "delete"] = "wal"
     """SQLite journal: wal on one host; delete when pods on several nodes share the data volume."""
     model_store: Path | None = None
@@ -79,7 +82,12 @@ class Settings(BaseSettings):
     training_enabled: bool = True
     """Run fine-tune jobs in this process (switch off on inference-only replicas)."""
     max_running_jobs: int = Field(1, ge=1, le=16)
-    """Jobs trained at once (one per GPU); the rest wait in order."""
+    """Jobs one trainer trains at once (one per GPU); the rest wait in order, or go to another trainer."""
+    trainer_name: str | None = None
+    """This trainer's name in job leases and metrics (default: the host name, which is the pod's name)."""
+    lease_seconds: float = Field(60.0, ge=2.0, le=3600.0)
+    """A running job's lease: renewed by its trainer while the training process lives; when a trainer dies,
+    another takes the job this long after the last renewal and resumes it from its last completed epoch."""
     training_memory_mb: int | None = Field(None, ge=2048)
     """Address space one training process may use, in MiB (RLIMIT_AS; unset: no limit). A run that needs
     more fails with "ran out of memory" instead of waking the kernel's OOM killer, which may pick the
@@ -117,6 +125,13 @@ class Settings(BaseSettings):
 
     def bentoml_home(self) -> Path:
         return self.model_store or self.data_dir / "bentoml"
+
+    def database(self, name: Literal["jobs", "registry"]) -> str:
+        """The URL of the job queue's or the registry's database: PostgreSQL when set, else a file each."""
+        if self.database_url:
+            return self.database_url
+        path = self.jobs_database if name == "jobs" else self.registry_database
+        return f"sqlite:///{path.resolve()}"
 
     @property
     def jobs_database(self) -> Path:

@@ -11,7 +11,6 @@ step raises DiskFull, and the registry's current version stays as it was.
 
 from __future__ import annotations
 
-import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +73,7 @@ def release(
     if promote:
         try:
             registry.promote(name, version)
-        except sqlite3.Error as exc:
+        except Exception as exc:
             if is_disk_full(exc):
                 raise DiskFull(
                     f"the server's disk is full: version {version} of {name} was registered but could not be "

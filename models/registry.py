@@ -1,7 +1,8 @@
-"""The model registry: bundles in BentoML's model store, serving pointers in SQLite.
+"""The model registry: bundles in BentoML's model store, serving pointers in the database.
 
 BentoML's store holds the bytes (``bentoml.models.create`` writes into a temporary folder
-and copies it into the store only when the block completes). SQLite is the registry of
+and copies it into the store only when the block completes). The database (SQLite, or
+PostgreSQL with FITGATE_DATABASE_URL: ``fitgate/database.py``) is the registry of
 record: a version exists for fitgate only once its row is committed, after the store write
 finished, so a crash mid-write leaves nothing visible. A failed write (a full disk) leaves
 nothing behind either: BentoML removes a half-copied store folder, and ``register`` removes
@@ -15,9 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import time
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,29 +25,37 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")  # no usage analytics from
 
 import bentoml
 from bentoml._internal.models.model import ModelStore
+from sqlalchemy import Column, Connection, Double, Engine, Integer, MetaData, String, Table, Text, select
 
+from fitgate.database import engine_for, migrate, read, write
 from fitgate.errors import ModelNotFound, RegistryConflict
 from fitgate.settings import Settings
-from fitgate.sqlite import connect
 from models.bundle import BundleSpec, load_spec
 from models.names import ModelName
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS versions (
-    model TEXT NOT NULL,
-    version TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    summary TEXT NOT NULL,
-    PRIMARY KEY (model, version)
-);
-CREATE TABLE IF NOT EXISTS pointer_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    model TEXT NOT NULL,
-    version TEXT NOT NULL,
-    action TEXT NOT NULL CHECK (action IN ('promote', 'rollback')),
-    at REAL NOT NULL
-);
-"""
+METADATA = MetaData()
+VERSIONS = Table(
+    "versions",
+    METADATA,
+    Column("model", String(200), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("created_at", Double, nullable=False),
+    Column("summary", Text, nullable=False),
+)
+POINTER_EVENTS = Table(
+    "pointer_events",
+    METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model", String(200), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("action", String(16), nullable=False),  # promote | rollback
+    Column("at", Double, nullable=False),
+)
+
+
+def _pointer_lock(name: ModelName) -> str:
+    """Writes to one model's pointer stack take this lock: event ids then follow commit order."""
+    return f"fitgate.registry.pointer:{name}"
 
 
 @dataclass(frozen=True)
@@ -61,18 +68,12 @@ class VersionInfo:
 
 
 class Registry:
-    def __init__(self, store_dir: Path, database: Path, journal_mode: str = "wal") -> None:
+    def __init__(self, store_dir: Path, engine: Engine) -> None:
         self.store_dir = Path(store_dir)
-        self.database = Path(database)
-        self.journal_mode = journal_mode
+        self.engine = engine
         (self.store_dir / "models").mkdir(parents=True, exist_ok=True)
-        self.database.parent.mkdir(parents=True, exist_ok=True)
         self._store = ModelStore(self.store_dir / "models")
-        with self._connect() as db:
-            db.executescript(SCHEMA)
-
-    def _connect(self) -> AbstractContextManager[sqlite3.Connection]:
-        return connect(self.database, self.journal_mode)
+        migrate(engine, METADATA)
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -83,59 +84,54 @@ class Registry:
         ) as model:
             shutil.copytree(bundle_dir, model.path, dirs_exist_ok=True)
         version = str(model.tag.version)
-        with self._connect() as db:
-            try:
+        try:
+            with write(self.engine) as db:
                 db.execute(
-                    "INSERT INTO versions (model, version, created_at, summary) VALUES (?, ?, ?, ?)",
-                    (str(name), version, time.time(), json.dumps(summary)),
+                    VERSIONS.insert().values(
+                        model=str(name), version=version, created_at=time.time(), summary=json.dumps(summary)
+                    )
                 )
-            except sqlite3.Error:  # the row was not written (autocommit): its bytes would never be served
-                self._store.delete(model.tag)
-                raise
+        except Exception:  # the row was not committed: its bytes would never be served
+            self._store.delete(model.tag)
+            raise
         return version
 
     def promote(self, name: ModelName, version: str) -> None:
         self._require_version(name, version)
-        with self._connect() as db:
+        with write(self.engine, lock=_pointer_lock(name)) as db:
             db.execute(
-                "INSERT INTO pointer_events (model, version, action, at) VALUES (?, ?, 'promote', ?)",
-                (str(name), version, time.time()),
+                POINTER_EVENTS.insert().values(model=str(name), version=version, action="promote", at=time.time())
             )
 
     def rollback(self, name: ModelName) -> str:
         """Make the previously current version current again; return it.
 
-        Read and write happen in one IMMEDIATE transaction, so two concurrent rollbacks
-        pop two different versions instead of the same one twice.
+        Read and write happen in one transaction under the model's pointer lock, so two
+        concurrent rollbacks pop two different versions instead of the same one twice.
         """
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                stack = self._stack(name, db)
-                if len(stack) < 2:
-                    raise RegistryConflict(
-                        f"model {name} has no earlier promoted version to roll back to; promote a version instead"
-                    )
-                previous = stack[-2]
-                db.execute(
-                    "INSERT INTO pointer_events (model, version, action, at) VALUES (?, ?, 'rollback', ?)",
-                    (str(name), previous, time.time()),
+        with write(self.engine, lock=_pointer_lock(name)) as db:
+            stack = self._stack(name, db)
+            if len(stack) < 2:
+                raise RegistryConflict(
+                    f"model {name} has no earlier promoted version to roll back to; promote a version instead"
                 )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            previous = stack[-2]
+            db.execute(
+                POINTER_EVENTS.insert().values(model=str(name), version=previous, action="rollback", at=time.time())
+            )
         return previous
 
     # --- reading ---------------------------------------------------------------------------
 
-    def _stack(self, name: ModelName, db: sqlite3.Connection | None = None) -> list[str]:
+    def _stack(self, name: ModelName, db: Connection | None = None) -> list[str]:
         if db is None:
-            with self._connect() as own:
+            with read(self.engine) as own:
                 return self._stack(name, own)
         rows = db.execute(
-            "SELECT version, action FROM pointer_events WHERE model = ? ORDER BY id", (str(name),)
-        ).fetchall()
+            select(POINTER_EVENTS.c.version, POINTER_EVENTS.c.action)
+            .where(POINTER_EVENTS.c.model == str(name))
+            .order_by(POINTER_EVENTS.c.id)
+        ).all()
         stack: list[str] = []
         for version, action in rows:
             if action == "promote":
@@ -150,33 +146,33 @@ class Registry:
 
     def current_versions(self) -> dict[str, str]:
         """Every model's current version (models whose pointer was rolled back to nothing are absent)."""
-        with self._connect() as db:
-            models = [row[0] for row in db.execute("SELECT DISTINCT model FROM versions")]
+        with read(self.engine) as db:
+            models = list(db.execute(select(VERSIONS.c.model).distinct()).scalars())
             stacks = {m: self._stack(ModelName.parse(m), db) for m in models}
         return {m: stack[-1] for m, stack in stacks.items() if stack}
 
     def latest_promoted(self) -> ModelName | None:
         """The model whose pointer moved last: what /predict answers when no model is named."""
-        with self._connect() as db:
-            row = db.execute("SELECT model FROM pointer_events ORDER BY id DESC LIMIT 1").fetchone()
-        return ModelName.parse(row[0]) if row else None
+        with read(self.engine) as db:
+            model = db.execute(
+                select(POINTER_EVENTS.c.model).order_by(POINTER_EVENTS.c.id.desc()).limit(1)
+            ).scalar_one_or_none()
+        return ModelName.parse(model) if model else None
 
     def _require_version(self, name: ModelName, version: str) -> None:
-        with self._connect() as db:
+        with read(self.engine) as db:
             found = db.execute(
-                "SELECT 1 FROM versions WHERE model = ? AND version = ?", (str(name), version)
-            ).fetchone()
+                select(VERSIONS.c.version).where(VERSIONS.c.model == str(name), VERSIONS.c.version == version)
+            ).first()
         if not found:
             raise ModelNotFound(f"model {name} has no version {version!r}; list versions with `fitgate models show`")
 
     def versions(self, name: ModelName | None = None) -> list[VersionInfo]:
-        query = "SELECT model, version, created_at, summary FROM versions"
-        args: tuple[str, ...] = ()
+        query = select(VERSIONS.c.model, VERSIONS.c.version, VERSIONS.c.created_at, VERSIONS.c.summary)
         if name is not None:
-            query += " WHERE model = ?"
-            args = (str(name),)
-        with self._connect() as db:
-            rows = db.execute(query + " ORDER BY model, created_at", args).fetchall()
+            query = query.where(VERSIONS.c.model == str(name))
+        with read(self.engine) as db:
+            rows = db.execute(query.order_by(VERSIONS.c.model, VERSIONS.c.created_at)).all()
         currents = {m: self.current(ModelName.parse(m)) for m in {r[0] for r in rows}}
         return [VersionInfo(m, v, c, json.loads(s), currents[m] == v) for m, v, c, s in rows]
 
@@ -194,4 +190,4 @@ class Registry:
 
 def open_registry(settings: Settings) -> Registry:
     """The registry of this deployment: the store under ``bentoml_home()``, the pointers in its database."""
-    return Registry(settings.bentoml_home(), settings.registry_database, settings.sqlite_journal_mode)
+    return Registry(settings.bentoml_home(), engine_for(settings.database("registry"), settings.sqlite_journal_mode))

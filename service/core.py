@@ -12,7 +12,7 @@ from fitgate.errors import JobNotFound
 from fitgate.settings import Settings
 from models.registry import Registry, open_registry
 from service.auth import Authenticator, Caller
-from service.jobs import Job, JobRunner, JobStore
+from service.jobs import Job, JobRunner, JobStore, QueueMetrics
 from service.predictor import ModelPool
 from service.uploads import UploadIntake
 
@@ -29,16 +29,18 @@ class Fitgate:
         self.pool = ModelPool(self.registry, settings)
         self.uploads = UploadIntake(settings, self.jobs)
         self.runner: JobRunner | None = None
+        QueueMetrics(self.jobs).start()
 
     def start_training(self) -> None:
-        """Recover what a previous process left running, then start taking queued jobs (if this worker trains)."""
+        """Take back what this trainer's previous process left running, then take jobs (if this worker trains)."""
         if not self.settings.training_enabled:
             return
-        interrupted = self.jobs.recover_interrupted()
-        if interrupted:
-            log.warning("marked %d interrupted jobs as failed: %s", len(interrupted), interrupted)
-        self.jobs.purge_uploads(self.settings.upload_retention_days)
         self.runner = JobRunner(self.jobs, self.settings)
+        orphans = self.jobs.release_orphans(self.runner.trainer)
+        if orphans:
+            log.warning("%d jobs lost their training process with the last restart; resuming them: %s",
+                        len(orphans), orphans)  # fmt: skip
+        self.jobs.purge_uploads(self.settings.upload_retention_days)
         self.runner.start()
 
     def job_for(self, job_id: str, caller: Caller) -> Job:

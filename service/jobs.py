@@ -1,9 +1,21 @@
-"""Durable fine-tune jobs: rows in SQLite (WAL), each job trained in its own subprocess.
+"""Durable fine-tune jobs: rows in the database, each claimed under a lease and trained in its own subprocess.
 
-States: queued -> running -> succeeded | blocked | failed | cancelled. A job is claimed by
-one atomic UPDATE, so several service workers can share one queue without running a job
-twice. When the service restarts, jobs left "running" by a dead process are stopped and
-marked failed with reason ``interrupted``; ``retry`` queues them again from the stored upload.
+States: queued -> running -> succeeded | blocked | failed | cancelled. Any number of trainers
+(service workers with training enabled, on any number of pods) share one queue. A trainer
+claims the oldest claimable job in one transaction (``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
+``BEGIN IMMEDIATE`` on SQLite) and holds a **lease** on it, renewed while its training process
+lives. A job whose lease ran out (its trainer died, lost its node, or froze) is claimable again:
+the next claim takes it over and the worker resumes it from its last completed epoch. Every
+claim bumps the job's lease generation, and every write a trainer or its training process
+makes names the generation it holds: a trainer whose lease was taken over writes nothing
+(fencing), so no job records two outcomes.
+
+Why not procrastinate or pgqueuer (both well kept, both built on SKIP LOCKED): they are
+PostgreSQL-only, and fitgate's embedded default is SQLite with nothing else to run, so the
+queue would need a second implementation anyway; and a fitgate job is more than a task
+(progress, cancel requests, results, retries from the stored upload, per-team listing), which
+both would keep in our table beside theirs. The lease logic they would replace is the claim,
+the renewal and the generation check below.
 """
 
 from __future__ import annotations
@@ -13,46 +25,72 @@ import logging
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fitgate.errors import FitgateError, JobConflict, JobNotFound
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    Row,
+    String,
+    Table,
+    Text,
+    and_,
+    case,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import SQLAlchemyError
+
+from fitgate.database import engine_for, migrate, read, write
+from fitgate.errors import FitgateError, JobConflict, JobNotFound, LeaseLost
 from fitgate.settings import Settings
-from fitgate.sqlite import connect
-from service.monitoring import record_job_outcome
+from service.monitoring import record_job_outcome, record_queue
 
 log = logging.getLogger(__name__)
 
 FINAL = ("succeeded", "blocked", "failed", "cancelled")
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    team TEXT NOT NULL,
-    model_name TEXT NOT NULL,
-    status TEXT NOT NULL,
-    arguments TEXT NOT NULL,
-    upload TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    ended_at REAL,
-    pid INTEGER,
-    progress TEXT,
-    result TEXT,
-    reason TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    host TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at);
-"""
+MAX_TAKEOVERS = 3
+"""Takeovers of one run before a job that keeps losing its trainer (a crash that takes the pod down) is failed."""
+
+METADATA = MetaData()
+JOBS = Table(
+    "jobs",
+    METADATA,
+    Column("id", String(64), primary_key=True),
+    Column("team", String(200), nullable=False),
+    Column("model_name", String(200), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("arguments", Text, nullable=False),
+    Column("upload", Text, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("started_at", Double),
+    Column("ended_at", Double),
+    Column("pid", Integer),
+    Column("progress", Text),
+    Column("result", Text),
+    Column("reason", Text),
+    Column("cancel_requested", Integer, nullable=False, server_default=text("0")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),  # claims, retries and takeovers included
+    Column("takeovers", Integer, nullable=False, server_default=text("0")),  # of this run (reset by a retry)
+    Column("trainer", String(200)),  # the lease holder
+    Column("lease_generation", Integer, nullable=False, server_default=text("0")),
+    Column("lease_expires_at", Double),
+    Index("jobs_by_status", "status", "created_at"),
+)
 
 
 @dataclass(frozen=True)
@@ -72,7 +110,9 @@ class Job:
     reason: str | None
     cancel_requested: bool
     attempts: int
-    host: str | None
+    trainer: str | None
+    lease_generation: int
+    lease_expires_at: float | None
 
     def public(self) -> dict[str, Any]:
         """What a client sees: never the server's paths."""
@@ -91,109 +131,251 @@ class Job:
         }
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A job this trainer now holds: ``takeover`` when it was running under a lease that ran out."""
+
+    job: Job
+    takeover: bool
+
+    @property
+    def generation(self) -> int:
+        return self.job.lease_generation
+
+
+def default_trainer_name() -> str:
+    return socket.gethostname()
+
+
 class JobStore:
-    def __init__(self, database: Path, journal_mode: str = "wal") -> None:
-        self.database = database
-        self.journal_mode = journal_mode
-        database.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.executescript(SCHEMA)
+    def __init__(self, url: str, sqlite_journal_mode: str = "wal") -> None:
+        self.engine = engine_for(url, sqlite_journal_mode)
+        migrate(self.engine, METADATA)
 
     @classmethod
     def open(cls, settings: Settings) -> JobStore:
-        return cls(settings.jobs_database, settings.sqlite_journal_mode)
-
-    def _db(self) -> AbstractContextManager[sqlite3.Connection]:
-        return connect(self.database, self.journal_mode)
+        return cls(settings.database("jobs"), settings.sqlite_journal_mode)
 
     @staticmethod
-    def _job(row: sqlite3.Row) -> Job:
+    def _job(row: Row[Any]) -> Job:
         def loads(value: str | None) -> Any:
             return json.loads(value) if value else None
 
+        m = row._mapping
         return Job(
-            id=row["id"], team=row["team"], model_name=row["model_name"], status=row["status"],
-            arguments=json.loads(row["arguments"]), upload=row["upload"], created_at=row["created_at"],
-            started_at=row["started_at"], ended_at=row["ended_at"], pid=row["pid"], progress=loads(row["progress"]),
-            result=loads(row["result"]), reason=row["reason"], cancel_requested=bool(row["cancel_requested"]),
-            attempts=row["attempts"], host=row["host"],
+            id=m["id"], team=m["team"], model_name=m["model_name"], status=m["status"],
+            arguments=json.loads(m["arguments"]), upload=m["upload"], created_at=m["created_at"],
+            started_at=m["started_at"], ended_at=m["ended_at"], pid=m["pid"], progress=loads(m["progress"]),
+            result=loads(m["result"]), reason=m["reason"], cancel_requested=bool(m["cancel_requested"]),
+            attempts=m["attempts"], trainer=m["trainer"], lease_generation=m["lease_generation"],
+            lease_expires_at=m["lease_expires_at"],
         )  # fmt: skip
 
     @staticmethod
     def new_id() -> str:
         return uuid.uuid4().hex
 
+    @staticmethod
+    def _fence(job_id: str, generation: int | None) -> ColumnElement[bool]:
+        """The job's row, and only while ``generation`` still holds its lease (None: an API action, unfenced)."""
+        if generation is None:
+            return JOBS.c.id == job_id
+        return and_(JOBS.c.id == job_id, JOBS.c.lease_generation == generation)
+
     def create(self, job_id: str, team: str, model_name: str, arguments: dict[str, Any], upload: Path) -> Job:
-        with self._db() as db:
+        with write(self.engine) as db:
             db.execute(
-                "INSERT INTO jobs (id, team, model_name, status, arguments, upload, created_at) "
-                "VALUES (?, ?, ?, 'queued', ?, ?, ?)",
-                (job_id, team, model_name, json.dumps(arguments), str(upload), time.time()),
+                JOBS.insert().values(
+                    id=job_id,
+                    team=team,
+                    model_name=model_name,
+                    status="queued",
+                    arguments=json.dumps(arguments),
+                    upload=str(upload),
+                    created_at=time.time(),
+                )
             )
         return self.get(job_id)
 
     def get(self, job_id: str) -> Job:
-        with self._db() as db:
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with read(self.engine) as db:
+            row = db.execute(select(JOBS).where(JOBS.c.id == job_id)).first()
         if row is None:
             raise JobNotFound(f"no job {job_id!r}; list your jobs with GET /jobs")
         return self._job(row)
 
     def for_team(self, team: str | None) -> list[Job]:
-        with self._db() as db:
-            if team is None:
-                rows = db.execute("SELECT * FROM jobs ORDER BY created_at DESC").fetchall()
-            else:
-                rows = db.execute("SELECT * FROM jobs WHERE team = ? ORDER BY created_at DESC", (team,)).fetchall()
-        return [self._job(r) for r in rows]
+        query = select(JOBS).order_by(JOBS.c.created_at.desc())
+        if team is not None:
+            query = query.where(JOBS.c.team == team)
+        with read(self.engine) as db:
+            return [self._job(r) for r in db.execute(query)]
 
-    def claim_next(self, max_running: int) -> Job | None:
-        """Atomically move the oldest queued job to running, if fewer than ``max_running`` run."""
-        with self._db() as db:
+    # --- the trainer's side: claim, renew, record ---------------------------------------------
+
+    def claim_next(self, trainer: str, max_running: int, lease_seconds: float) -> Claim | None:
+        """Take the oldest queued job, or one whose lease ran out, if ``trainer`` runs fewer than ``max_running``.
+
+        Locked rows are skipped (another trainer is claiming them); the trainer's own claims are
+        serialised by a lock named after it, so sibling workers of one pod respect ``max_running``.
+        """
+        now = time.time()
+        expired = and_(
+            JOBS.c.status == "running", or_(JOBS.c.lease_expires_at.is_(None), JOBS.c.lease_expires_at < now)
+        )
+        with write(self.engine, lock=f"fitgate.jobs.trainer:{trainer}") as db:
+            self._end_abandoned(db, expired, now)
+            running = db.execute(
+                select(func.count())
+                .select_from(JOBS)
+                .where(JOBS.c.status == "running", JOBS.c.trainer == trainer, JOBS.c.lease_expires_at >= now)
+            ).scalar_one()
+            if running >= max_running:
+                return None
+            candidate = db.execute(
+                select(JOBS.c.id, JOBS.c.status)
+                .where(or_(JOBS.c.status == "queued", expired))
+                .order_by(JOBS.c.created_at)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if candidate is None:
+                return None
+            takeover = candidate.status == "running"
             row = db.execute(
-                "UPDATE jobs SET status = 'running', started_at = ?, attempts = attempts + 1, pid = NULL, host = ? "
-                "WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at LIMIT 1) "
-                "AND (SELECT COUNT(*) FROM jobs WHERE status = 'running') < ? RETURNING *",
-                (time.time(), socket.gethostname(), max_running),
-            ).fetchone()
-        return self._job(row) if row else None
+                update(JOBS)
+                .where(JOBS.c.id == candidate.id)
+                .values(
+                    status="running",
+                    started_at=case((JOBS.c.status == "running", func.coalesce(JOBS.c.started_at, now)), else_=now),
+                    attempts=JOBS.c.attempts + 1,
+                    takeovers=JOBS.c.takeovers + (1 if takeover else 0),
+                    pid=None,
+                    trainer=trainer,
+                    lease_generation=JOBS.c.lease_generation + 1,
+                    lease_expires_at=now + lease_seconds,
+                )
+                .returning(*JOBS.c)
+            ).one()
+        return Claim(self._job(row), takeover)
 
-    def set_pid(self, job_id: str, pid: int) -> None:
-        with self._db() as db:
-            db.execute("UPDATE jobs SET pid = ? WHERE id = ?", (pid, job_id))
+    @staticmethod
+    def _end_abandoned(db: Any, expired: ColumnElement[bool], now: float) -> None:
+        """Jobs with a lapsed lease that must not be taken over: cancelled meanwhile, or lost too often."""
+        db.execute(
+            update(JOBS)
+            .where(expired, JOBS.c.cancel_requested == 1)
+            .values(
+                status="cancelled", ended_at=now, lease_expires_at=None, reason="cancelled while its trainer was lost"
+            )
+        )
+        db.execute(
+            update(JOBS)
+            .where(expired, JOBS.c.takeovers >= MAX_TAKEOVERS)
+            .values(
+                status="failed",
+                ended_at=now,
+                lease_expires_at=None,
+                reason=f"interrupted: its trainer was lost {MAX_TAKEOVERS + 1} times while this job ran (a node "
+                "reclaimed, or a crash that takes the trainer down); POST /jobs/{id}/retry runs it again from its "
+                "stored upload",
+            )
+        )
 
-    def update_progress(self, job_id: str, progress: dict[str, Any]) -> bool:
-        """Store progress; return whether a cancel was requested (one round trip for both)."""
-        with self._db() as db:
-            db.execute("UPDATE jobs SET progress = ? WHERE id = ?", (json.dumps(progress), job_id))
-            row = db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return bool(row and row[0])
+    def renew(self, job_id: str, generation: int, lease_seconds: float) -> bool:
+        """Extend the lease; False when it was taken over (the caller must stop the job's process)."""
+        with write(self.engine) as db:
+            renewed = db.execute(
+                update(JOBS)
+                .where(self._fence(job_id, generation), JOBS.c.status == "running")
+                .values(lease_expires_at=time.time() + lease_seconds)
+            )
+        return renewed.rowcount == 1
+
+    def release_orphans(self, trainer: str, spawn_grace_seconds: float = 60.0) -> list[str]:
+        """End the leases this trainer held on jobs whose training process is gone, so they resume now.
+
+        A restarted service (same host name, the single-machine default) takes them straight back
+        instead of waiting for the lease to run out. A job whose process still lives (a sibling
+        worker's, or one that outlived a crashed server) is left alone.
+        """
+        released = []
+        for job in self.for_team(None):
+            if job.status != "running" or job.trainer != trainer:
+                continue
+            if job.pid is None:
+                if job.started_at and time.time() - job.started_at < spawn_grace_seconds:
+                    continue  # claimed a moment ago; its process is being started
+            elif _is_worker_of(job.pid, job.id):
+                continue
+            with write(self.engine) as db:
+                db.execute(update(JOBS).where(self._fence(job.id, job.lease_generation)).values(lease_expires_at=0))
+            released.append(job.id)
+        return released
+
+    def set_pid(self, job_id: str, generation: int, pid: int) -> None:
+        with write(self.engine) as db:
+            db.execute(update(JOBS).where(self._fence(job_id, generation)).values(pid=pid))
+
+    def update_progress(self, job_id: str, progress: dict[str, Any], generation: int | None = None) -> bool:
+        """Store progress; return whether a cancel was requested (one round trip for both).
+
+        Raises ``LeaseLost`` when ``generation`` no longer holds the job: another trainer took it over.
+        """
+        with write(self.engine) as db:
+            row = db.execute(
+                update(JOBS)
+                .where(self._fence(job_id, generation))
+                .values(progress=json.dumps(progress))
+                .returning(JOBS.c.cancel_requested)
+            ).first()
+        if row is None:
+            raise LeaseLost(f"job {job_id} was taken over by another trainer (lease generation {generation} lapsed)")
+        return bool(row.cancel_requested)
 
     def finish(
-        self, job_id: str, status: str, *, reason: str | None = None, result: dict[str, Any] | None = None
-    ) -> None:
+        self,
+        job_id: str,
+        status: str,
+        *,
+        reason: str | None = None,
+        result: dict[str, Any] | None = None,
+        generation: int | None = None,
+    ) -> bool:
+        """Record a job's outcome once; False when it had one already or ``generation`` lost its lease."""
         assert status in FINAL
-        with self._db() as db:
-            db.execute(
+        with write(self.engine) as db:
+            row = db.execute(
+                select(JOBS.c.status, JOBS.c.progress).where(self._fence(job_id, generation)).with_for_update()
+            ).first()
+            if row is None or row.status in FINAL:
+                return False
+            progress = json.loads(row.progress) if row.progress else None
+            if progress is not None and status in ("succeeded", "blocked"):
                 # the last progress stays (epoch, step, metrics); a job that ran to its verdict says phase "done",
                 # one that failed or was cancelled keeps the phase it stopped in
-                "UPDATE jobs SET status = ?1, reason = ?2, result = COALESCE(?3, result), ended_at = ?4, "
-                "progress = CASE WHEN ?1 IN ('succeeded', 'blocked') "
-                "THEN json_set(progress, '$.phase', 'done', '$.eta_seconds', 0) ELSE progress END "
-                "WHERE id = ?5 AND status NOT IN ('succeeded', 'blocked', 'failed', 'cancelled')",
-                (status, reason, json.dumps(result) if result is not None else None, time.time(), job_id),
-            )
+                progress = {**progress, "phase": "done", "eta_seconds": 0}
+            values: dict[str, Any] = {
+                "status": status, "reason": reason, "ended_at": time.time(), "lease_expires_at": None,
+                "progress": json.dumps(progress) if progress is not None else None,
+            }  # fmt: skip
+            if result is not None:
+                values["result"] = json.dumps(result)
+            db.execute(update(JOBS).where(JOBS.c.id == job_id).values(**values))
+        return True
+
+    # --- the API's side ----------------------------------------------------------------------
 
     def request_cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
         if job.status in FINAL:
             raise JobConflict(f"job {job_id} already ended ({job.status}); nothing to cancel")
-        with self._db() as db:
-            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        with write(self.engine) as db:
+            db.execute(update(JOBS).where(JOBS.c.id == job_id).values(cancel_requested=1))
             db.execute(
-                "UPDATE jobs SET status = 'cancelled', ended_at = ?, reason = 'cancelled before it started' "
-                "WHERE id = ? AND status = 'queued'",
-                (time.time(), job_id),
+                update(JOBS)
+                .where(JOBS.c.id == job_id, JOBS.c.status == "queued")
+                .values(status="cancelled", ended_at=time.time(), reason="cancelled before it started")
             )
         return self.get(job_id)
 
@@ -203,39 +385,33 @@ class JobStore:
             raise JobConflict(f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried")
         if not Path(job.upload).exists():
             raise JobConflict(f"the upload of job {job_id} is no longer kept; upload the data again")
-        with self._db() as db:
+        with write(self.engine) as db:
             db.execute(
-                "UPDATE jobs SET status = 'queued', reason = NULL, ended_at = NULL, progress = NULL, "
-                "cancel_requested = 0, created_at = ? WHERE id = ?",
-                (time.time(), job_id),
+                update(JOBS)
+                .where(JOBS.c.id == job_id, JOBS.c.status.in_(("failed", "cancelled")))
+                .values(
+                    status="queued",
+                    reason=None,
+                    ended_at=None,
+                    progress=None,
+                    cancel_requested=0,
+                    created_at=time.time(),
+                    takeovers=0,
+                )
             )
         return self.get(job_id)
 
-    def recover_interrupted(self, spawn_grace_seconds: float = 60.0) -> list[str]:
-        """Mark failed the jobs this host was running whose training process is gone.
-
-        A job whose process still lives (a sibling worker's, or one that outlived a crashed
-        server) is left alone: the worker records its own outcome. Jobs claimed on other hosts
-        are theirs to recover.
-        """
-        interrupted = []
-        host = socket.gethostname()
-        for job in self.for_team(None):
-            if job.status != "running" or job.host != host:
-                continue
-            if job.pid is None:
-                if job.started_at and time.time() - job.started_at < spawn_grace_seconds:
-                    continue  # claimed a moment ago; its process is being started
-            elif _is_worker_of(job.pid, job.id):
-                continue
-            self.finish(
-                job.id,
-                "failed",
-                reason="interrupted: the service stopped while this job ran; "
-                "POST /jobs/{id}/retry runs it again from its stored upload",
-            )
-            interrupted.append(job.id)
-        return interrupted
+    def queue_depth(self) -> tuple[int, dict[str, int]]:
+        """Jobs waiting for a trainer, and jobs running under a live lease per trainer."""
+        now = time.time()
+        with read(self.engine) as db:
+            queued = db.execute(select(func.count()).select_from(JOBS).where(JOBS.c.status == "queued")).scalar_one()
+            running = db.execute(
+                select(JOBS.c.trainer, func.count())
+                .where(JOBS.c.status == "running", JOBS.c.lease_expires_at >= now)
+                .group_by(JOBS.c.trainer)
+            ).all()
+        return int(queued), {str(trainer): int(count) for trainer, count in running}
 
     def purge_uploads(self, retention_days: float) -> int:
         cutoff = time.time() - retention_days * 86400
@@ -277,14 +453,22 @@ def _is_worker_of(pid: int, job_id: str) -> bool:
         return False
 
 
+@dataclass
+class _Child:
+    process: subprocess.Popen[bytes]
+    generation: int
+    renewed: float  # time.monotonic() of the last renewal
+
+
 class JobRunner:
-    """A thread that starts queued jobs as subprocesses and reaps them."""
+    """A trainer: a thread that claims jobs, starts each as a subprocess, renews its lease, and reaps it."""
 
     def __init__(self, store: JobStore, settings: Settings, poll_seconds: float = 0.5) -> None:
         self.store = store
         self.settings = settings
+        self.trainer = settings.trainer_name or default_trainer_name()
         self.poll_seconds = poll_seconds
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._children: dict[str, _Child] = {}
         self._thread = threading.Thread(target=self._loop, name="fitgate-job-runner", daemon=True)
 
     def start(self) -> None:
@@ -295,45 +479,95 @@ class JobRunner:
             time.sleep(self.poll_seconds)
             try:
                 self._reap()
-                while job := self.store.claim_next(self.settings.max_running_jobs):
-                    self._spawn(job)
-            except (sqlite3.Error, OSError, FitgateError):
+                self._renew()
+                while claim := self.store.claim_next(
+                    self.trainer, self.settings.max_running_jobs, self.settings.lease_seconds
+                ):
+                    self._spawn(claim)
+            except (SQLAlchemyError, OSError, FitgateError):
                 log.exception("job runner iteration failed; retrying")
 
-    def _spawn(self, job: Job) -> None:
+    def _spawn(self, claim: Claim) -> None:
+        job = claim.job
         log_path = Path(job.upload).parent / f"worker-{job.attempts}.log"
+        command = [sys.executable, "-m", "service.worker", job.id, str(claim.generation)]
+        if claim.takeover:
+            command.append("--resume")
         try:
             with log_path.open("ab") as log_file:
                 child = subprocess.Popen(
-                    [sys.executable, "-m", "service.worker", job.id],
+                    command,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     cwd=Path(__file__).resolve().parents[1],
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    env={**os.environ, "PYTHONUNBUFFERED": "1", "FITGATE_TRAINER_NAME": self.trainer},
                 )
         except OSError:
             log.exception("could not start the training process of job %s", job.id)
-            self.store.finish(job.id, "failed", reason="the training process could not be started; retry the job")
+            self.store.finish(
+                job.id, "failed", reason="the training process could not be started; retry the job",
+                generation=claim.generation,
+            )  # fmt: skip
             return
-        self._children[job.id] = child  # reaped even if recording the pid fails
-        self.store.set_pid(job.id, child.pid)
-        log.info("job %s started in process %d", job.id, child.pid)
+        self._children[job.id] = _Child(child, claim.generation, time.monotonic())  # reaped even if set_pid fails
+        self.store.set_pid(job.id, claim.generation, child.pid)
+        log.info(
+            "job %s %s in process %d (lease generation %d, trainer %s)",
+            job.id, "taken over" if claim.takeover else "started", child.pid, claim.generation, self.trainer,
+        )  # fmt: skip
+
+    def _renew(self) -> None:
+        """Renew each live child's lease a few times per lease period; stop a child whose lease was taken."""
+        every = self.settings.lease_seconds / 4
+        for job_id, child in list(self._children.items()):
+            if time.monotonic() - child.renewed < every or child.process.poll() is not None:
+                continue
+            if self.store.renew(job_id, child.generation, self.settings.lease_seconds):
+                child.renewed = time.monotonic()
+                continue
+            log.warning("lost the lease of job %s (another trainer took it over); stopping its process", job_id)
+            child.process.kill()
+            child.process.wait()
+            del self._children[job_id]
 
     def _reap(self) -> None:
         for job_id, child in list(self._children.items()):
-            code = child.poll()
+            code = child.process.poll()
             if code is None:
                 continue
             del self._children[job_id]
-            self._record_outcome(job_id, code)
+            self._record_outcome(job_id, child.generation, code)
 
-    def _record_outcome(self, job_id: str, code: int) -> None:
+    def _record_outcome(self, job_id: str, generation: int, code: int) -> None:
         if code != 0:  # the worker records its own outcome; a non-zero exit it could not record is a crash
-            self.store.finish(job_id, "failed", reason=death_reason(code))
+            self.store.finish(job_id, "failed", reason=death_reason(code), generation=generation)
         job = self.store.get(job_id)
-        if job.status not in FINAL:
-            return
+        if job.status not in FINAL or job.lease_generation != generation:
+            return  # taken over: the outcome (and its metrics) belong to the trainer holding the job now
         diagnosis = (job.result or {}).get("diagnosis") or {}
         verdicts = ["pass"] if diagnosis.get("passed") else list(diagnosis.get("blocking") or [])
         seconds = job.ended_at - job.started_at if job.ended_at and job.started_at else None
         record_job_outcome(job.status, seconds, verdicts)
+
+
+class QueueMetrics:
+    """A thread that exports the queue's depth and each trainer's running jobs, read from the database.
+
+    Every serving worker runs one, so an autoscaler reading ``fitgate_jobs_queued`` from any
+    pod sees the whole queue, whether or not that pod trains.
+    """
+
+    def __init__(self, store: JobStore, every_seconds: float = 5.0) -> None:
+        self.store, self.every_seconds = store, every_seconds
+        self._thread = threading.Thread(target=self._loop, name="fitgate-queue-metrics", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                record_queue(*self.store.queue_depth())
+            except SQLAlchemyError:
+                log.exception("could not read the queue depth; retrying")
+            time.sleep(self.every_seconds)

@@ -101,6 +101,14 @@ GATE_VERDICTS = Counter("fitgate_gate_verdicts_total", "Gate outcomes: pass, or 
 JOB_DURATION = Histogram(
     "fitgate_job_duration_seconds", "Fine-tune job wall time by final status.", ["status"], buckets=DURATION_BUCKETS
 )
+JOBS_QUEUED = Gauge(
+    "fitgate_jobs_queued", "Fine-tune jobs waiting for a trainer (scale trainers on this).", multiprocess_mode="livemax"
+)
+JOBS_RUNNING = Gauge(
+    "fitgate_jobs_running", "Fine-tune jobs running under a live lease, per trainer.", ["trainer"],
+    multiprocess_mode="livemax",
+)  # fmt: skip
+_trainers_seen: set[str] = set()
 
 
 def reference_arrays(statistics: ReferenceStatistics) -> Reference:
@@ -225,6 +233,16 @@ def record_current_versions(current: dict[str, str], previous: dict[str, str]) -
             MODEL_CURRENT.labels(model, version).set(0)
     for model, version in current.items():
         MODEL_CURRENT.labels(model, version).set(1)
+
+
+def record_queue(queued: int, running: dict[str, int]) -> None:
+    """The queue as the database has it; a trainer seen before with nothing running now reads 0."""
+    JOBS_QUEUED.set(queued)
+    for trainer in _trainers_seen - running.keys():
+        JOBS_RUNNING.labels(trainer).set(0)
+    for trainer, count in running.items():
+        JOBS_RUNNING.labels(trainer).set(count)
+    _trainers_seen.update(running)
 
 
 def record_job_outcome(status: str, seconds: float | None, verdicts: Iterable[str]) -> None:

@@ -1,7 +1,10 @@
-"""One fine-tune job in its own process: ``python -m service.worker JOB_ID``.
+"""One fine-tune job in its own process: ``python -m service.worker JOB_ID GENERATION [--resume]``.
 
 A crash or out-of-memory here ends this process only; the service marks the job failed.
-The worker records its own outcome and exits 0 whenever it could. With
+The worker records its own outcome and exits 0 whenever it could. Every write names the
+lease generation its trainer holds; when another trainer took the job over, the write is
+refused (``LeaseLost``) and this process stops without recording anything. With
+``--resume`` (a takeover) the run continues from its last completed epoch. With
 FITGATE_TRAINING_MEMORY_MB set, the process limits its own address space first, so a run
 that needs too much memory fails here with a reason the user can act on, instead of the
 kernel's OOM killer choosing a victim (possibly the server).
@@ -24,6 +27,7 @@ from fitgate.errors import (
     DiskFull,
     FitgateError,
     GateBlocked,
+    LeaseLost,
     ModelLoadError,
     OutOfMemory,
     OutOfResources,
@@ -55,8 +59,8 @@ DISK_FULL_IN_TRAINING = (
 class _Reporter:
     """Stores progress at most once a second and remembers whether a cancel was requested."""
 
-    def __init__(self, store: JobStore, job_id: str) -> None:
-        self.store, self.job_id = store, job_id
+    def __init__(self, store: JobStore, job_id: str, generation: int) -> None:
+        self.store, self.job_id, self.generation = store, job_id, generation
         self.cancelled = False
         self._last = 0.0
         self._trained: Progress | None = None
@@ -76,20 +80,28 @@ class _Reporter:
                 step=trained.step,
                 total_steps=trained.total_steps,
                 metrics=progress.metrics or trained.metrics,
+                resumed_at_epoch=trained.resumed_at_epoch,
             )
         self._last = now
-        self.cancelled = self.store.update_progress(self.job_id, asdict(progress))
+        self.cancelled = self.store.update_progress(self.job_id, asdict(progress), self.generation)
 
     def should_cancel(self) -> bool:
         return self.cancelled
 
 
-def run_job(job_id: str, settings: Settings) -> None:
+def run_job(job_id: str, settings: Settings, generation: int, *, resume: bool = False) -> None:
+    """Train, judge and release one job, recording its outcome under lease ``generation``."""
     store = JobStore.open(settings)
     job = store.get(job_id)
     run_dir = settings.run_dir(job_id)
-    reporter = _Reporter(store, job_id)
-    shutil.rmtree(run_dir, ignore_errors=True)  # a retry never shows the previous attempt's report
+    reporter = _Reporter(store, job_id, generation)
+
+    def finish(status: str, *, reason: str | None = None, result: dict[str, Any] | None = None) -> None:
+        if not store.finish(job_id, status, reason=reason, result=result, generation=generation):
+            log.warning("job %s: not recorded as %s, another trainer holds it now", job_id, status)
+
+    if not resume:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a retry never shows the previous attempt's report
     try:
         args = parse_arguments({**job.arguments, "base_model": settings.base_model})
         with _out_of_resources_named():
@@ -104,9 +116,10 @@ def run_job(job_id: str, settings: Settings) -> None:
                 promote=settings.auto_promote,
                 on_progress=reporter,
                 should_cancel=reporter.should_cancel,
+                resume=resume,
             )
         result = repaired.result
-        store.finish(job_id, "succeeded", result={
+        finish("succeeded", result={
             "version": repaired.released.version,
             "promoted": repaired.released.promoted,
             "diagnosis": repaired.released.diagnosis.to_dict(),
@@ -126,24 +139,25 @@ def run_job(job_id: str, settings: Settings) -> None:
                 "stop_reason": verdict.stop_reason,
                 "label_audit": _audit_summary(RunDirectory.open(run_dir).report.get("label_audit"), job_id),
             }
-        store.finish(job_id, "blocked", reason=exc.message, result=blocked)
+        finish("blocked", reason=exc.message, result=blocked)
     except TrainingCancelled as exc:
-        store.finish(job_id, "cancelled", reason=exc.message)
+        finish("cancelled", reason=exc.message)
+    except LeaseLost as exc:
+        log.warning("job %s: %s; this process stops and records nothing", job_id, exc.message)
     except FitgateError as exc:
         if exc.user_facing and not isinstance(exc, ModelLoadError):
             if isinstance(exc, OutOfResources):  # written for the user, but the operators need the cause too
                 log.error("job %s failed: %s", job_id, exc.message, exc_info=exc.__cause__)
-            store.finish(job_id, "failed", reason=exc.message)
+            finish("failed", reason=exc.message)
         else:  # server-side detail (paths, library errors; the server's base model) stays in the log
             log.error("job %s failed: %s", job_id, exc.message, exc_info=exc.__cause__)
-            store.finish(
-                job_id,
+            finish(
                 "failed",
                 reason=f"{type(exc).__name__}: a server-side step failed; the operators can read the worker log",
             )
     except Exception:
         log.exception("job %s failed unexpectedly", job_id)
-        store.finish(job_id, "failed", reason="internal error during training; see the worker log on the server")
+        finish("failed", reason="internal error during training; see the worker log on the server")
 
 
 def _audit_summary(audit: dict[str, Any] | None, job_id: str) -> dict[str, Any] | None:
@@ -189,7 +203,8 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     limit_memory(settings.training_memory_mb)
-    run_job(sys.argv[1], settings)
+    job_id, generation, *flags = sys.argv[1:]
+    run_job(job_id, settings, int(generation), resume="--resume" in flags)
     return 0
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from transformers import BertConfig, BertForSequenceClassification
 
+from fitgate.database import dispose_engines
+from tests.postgres import PostgresServer, find_binaries
 from training.arguments import TrainingArguments
 from training.loop import fine_tune
 from training.modeling import default_base_model, load_tokenizer
@@ -127,3 +129,29 @@ def small_volume(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (scripts/test installs Debian's postgresql)."""
+    binaries = find_binaries()
+    if binaries is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is missing: scripts/test installs the Debian package postgresql")
+        pytest.skip("PostgreSQL is not installed (scripts/test installs the Debian package postgresql)")
+    server = PostgresServer(binaries)
+    server.start()
+    yield server
+    dispose_engines()
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The same test on both engines: an SQLite file, and a fresh database on the real PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fitgate.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    yield server.create_database()
+    dispose_engines()  # close this database's pooled connections before the next test opens its own

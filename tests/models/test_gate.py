@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
 import shutil
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import pytest
+from sqlalchemy import event
 from transformers import AutoModelForSequenceClassification
 
 from fitgate.errors import BundleCorrupt, DiskFull, ExportError, GateBlocked, ModelNotFound, RegistryConflict
 from fitgate.settings import Settings
 from models import export
-from models import registry as registry_module
 from models.bundle import load_spec, verify_manifest
 from models.export import export_onnx
 from models.gate import release
@@ -249,28 +248,15 @@ def fill_disk_copying_into_the_store(monkeypatch: pytest.MonkeyPatch, settings: 
 
 def fill_disk_recording_the_version(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> None:
     """The bundle fits in the store, then SQLite cannot write the version's row."""
-    real_connect = registry_module.connect
 
-    class FullDatabase:
-        def __init__(self, db: sqlite3.Connection) -> None:
-            self.db = db
+    def full(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("INSERT INTO versions"):
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+            raise error
 
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.db, name)
-
-        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
-            if sql.startswith("INSERT INTO versions"):
-                full = sqlite3.OperationalError("database or disk is full")
-                full.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
-                raise full
-            return self.db.execute(sql, *args)
-
-    @contextlib.contextmanager
-    def connect(database: Path, journal_mode: str = "wal") -> Iterator[FullDatabase]:
-        with real_connect(database, journal_mode) as db:
-            yield FullDatabase(db)
-
-    monkeypatch.setattr(registry_module, "connect", connect)
+    # the engine belongs to this test's own data directory, so the listener ends with the test
+    event.listen(open_registry(settings).engine, "before_cursor_execute", full)
 
 
 @pytest.mark.parametrize(

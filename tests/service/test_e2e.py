@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -153,7 +154,19 @@ def test_another_team_cannot_train_or_promote_my_model(server: Server, tmp_path:
     assert r.status_code == 403
 
 
-def test_kill_9_during_training_then_restart_loses_nothing(tmp_path: Path, tiny_model_dir: Path) -> None:
+def _wait_for_epoch(srv: Server, job_id: str, epoch: float, resumed: bool = False) -> dict[str, Any]:
+    """The job once its progress reached ``epoch`` (and, with ``resumed``, says it was resumed)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{srv.url}/jobs/{job_id}", timeout=30).json()
+        progress = job["progress"] or {}
+        if (progress.get("epoch") or 0) >= epoch and (not resumed or progress.get("resumed_at_epoch")):
+            return dict(job)
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never reached epoch {epoch} (resumed: {resumed}): {job}")
+
+
+def test_kill_9_during_training_then_restart_resumes_from_the_last_epoch(tmp_path: Path, tiny_model_dir: Path) -> None:
     srv = make_server(tmp_path, tiny_model_dir, tokens=False)
     srv.start()
     long_job = {"parameters": '{"num_train_epochs": 100, "learning_rate": 0.005, "early_stopping_patience": null}'}
@@ -161,20 +174,21 @@ def test_kill_9_during_training_then_restart_loses_nothing(tmp_path: Path, tiny_
         r = _upload(srv, tmp_path, "team-a", "team-a/crash", long_job)
         job_id = r.json()["job_id"]
         srv.wait_job(job_id, {"running"}, {})
-        time.sleep(2)
+        before = _wait_for_epoch(srv, job_id, 3)
         # a lost pod: the server's processes and the training process all die at once
         with sqlite3.connect(srv.data_dir / "jobs.db") as db:
             (pid,) = db.execute("SELECT pid FROM jobs WHERE id = ?", (job_id,)).fetchone()
         os.kill(pid, signal.SIGKILL)
         srv.kill(signal.SIGKILL)
         srv.start()
-        job = srv.wait_job(job_id, {"failed"}, {}, timeout=30)
-        assert job["reason"].startswith("interrupted")
+        # the restarted service takes its job back at once and goes on from the last completed epoch
+        resumed = _wait_for_epoch(srv, job_id, 1, resumed=True)
+        assert resumed["attempts"] == 2 and resumed["status"] == "running"
+        assert 3 <= resumed["progress"]["resumed_at_epoch"] <= int(before["progress"]["epoch"]) + 2
+        curves = httpx.get(f"{srv.url}/jobs/{job_id}/curves", timeout=30).json()
+        steps = [p["step"] for p in curves["points"]]
+        assert steps == sorted(set(steps)) and steps[0] == 0  # one continuous run, no epoch twice
         assert httpx.get(f"{srv.url}/models").json() == []  # nothing half-written became visible
-        assert (srv.data_dir / "uploads" / job_id / "data.csv").is_file()  # the upload is kept for the retry
-        retried = httpx.post(f"{srv.url}/jobs/{job_id}/retry").json()
-        assert retried["status"] == "queued"
-        srv.wait_job(job_id, {"running"}, {})
         httpx.post(f"{srv.url}/jobs/{job_id}/cancel")
         assert srv.wait_job(job_id, {"cancelled"}, {}, timeout=60)["attempts"] == 2
     finally:
