@@ -137,13 +137,17 @@ class ModelPool:
 
     async def start(self) -> None:
         """Load the default model (when one is deployed) before the first request, and watch the registry."""
+        await self._load_default()
+        self._ensure_refresher()
+
+    async def _load_default(self) -> None:
+        """Load the model /predict answers by default, so its first request finds it warm and /metrics shows it."""
         try:
             await self.get(self.default_model())
-        except NoModelDeployed:
-            log.info("no model is deployed yet; /predict answers 503 until one is promoted")
+        except (NoModelDeployed, ModelNotFound) as exc:
+            log.info("default model not loaded: %s", exc.message)
         except Exception:
-            log.exception("could not load the default model at startup; /predict will retry on demand")
-        self._ensure_refresher()
+            log.exception("could not load the default model; the refresher tries again, /predict on demand")
 
     def _monitor(self, name: ModelName, version: str, classifier: OnnxClassifier) -> ModelMonitor:
         return ModelMonitor(str(name), version, classifier.spec, classifier.served_graph, self.settings)
@@ -219,6 +223,8 @@ class ModelPool:
                 continue
             record_current_versions(current, self._current)
             self._current = current
+            if not self._loaded and current:
+                await self._load_default()  # a first model promoted since start, or a startup load that failed
             for name, model in list(self._loaded.items()):
                 version = current.get(str(name))
                 if not version or version == model.version:
