@@ -6,6 +6,10 @@ which attempt the job's files are read from. The gate's thresholds are the same 
 attempt; attempts are judged on validation only, and the test split is scored once, for the
 attempt that is exported (docs/GATE.md says what choosing among a few attempts does to the
 validation estimate).
+
+A job taken up again (its worker died, or lost its lease) resumes its current attempt from
+that attempt's last end-of-epoch checkpoint, with the arguments the checkpoint was trained
+with; a job whose current attempt had not finished an epoch starts over from attempt 1.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from models.gate import Released, diagnose_and_record, release
 from models.names import ModelName
 from models.registry import Registry
 from training.arguments import TrainingArguments
+from training.checkpoint import checkpoint_arguments
 from training.diagnosis import Diagnosis
 from training.loop import fine_tune, score_test_split
 from training.progress import CancelCheck, Progress, ProgressCallback, ignore_progress, never_cancelled
-from training.remedies import AuditEvidence, Remedy, remedy_for
-from training.rundir import RunDirectory, RunResult, attempt_dir, write_attempts
+from training.remedies import AuditEvidence, Change, remedy_for
+from training.rundir import RunDirectory, RunResult, attempt_dir, read_attempts, write_attempts
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,11 @@ class Attempt:
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Attempt:
+        """An attempt as ``attempts.json`` records it."""
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -110,17 +120,73 @@ def audit_evidence(result: RunResult) -> AuditEvidence | None:
     )
 
 
-def _remedy_reason(remedy: Remedy) -> str:
-    return "; ".join(f"{c.argument} {c.before} -> {c.after} ({c.reason})" for c in remedy.changes)
+def _remedy_reason(changes: list[Change]) -> str:
+    return "; ".join(f"{c.argument} {c.before} -> {c.after} ({c.reason})" for c in changes)
 
 
 def _tagged(on_progress: ProgressCallback, number: int, total: int, reason: str | None) -> ProgressCallback:
-    """Progress that says which attempt reports it, and why that attempt runs."""
+    """Progress that says which attempt reports it, and why that attempt runs.
+
+    Once the attempt's run says it resumed, every later report of the attempt says so too
+    (diagnosing, exporting, registering come from here, not from the run).
+    """
+    resumed_at_epoch: int | None = None
 
     def progress(progress: Progress) -> None:
-        on_progress(replace(progress, attempt=number, attempts_allowed=total, attempt_reason=reason))
+        nonlocal resumed_at_epoch
+        resumed_at_epoch = progress.resumed_at_epoch or resumed_at_epoch
+        on_progress(
+            replace(
+                progress,
+                attempt=number,
+                attempts_allowed=total,
+                attempt_reason=reason,
+                resumed_at_epoch=resumed_at_epoch,
+            )
+        )
 
     return progress
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where an interrupted job goes on: the attempt it was training, with what and why."""
+
+    number: int
+    attempts: list[Attempt]  # the attempts before it, finished
+    args: TrainingArguments  # the ones its checkpoint was trained with
+    reason: str | None
+    changes: list[dict[str, Any]]
+
+
+def resume_point(job_dir: Path, args: TrainingArguments, total: int) -> ResumePoint | None:
+    """The attempt an interrupted job was training, if it had finished an epoch of it; else None (start over).
+
+    ``attempts.json`` names the attempt being trained (``chosen``) and lists the finished ones
+    before it; the attempt's own directory holds the checkpoint while it trains. A job stopped
+    after its current attempt finished training (while it was judged or exported) has no
+    checkpoint left, and starts over too. So does one whose arguments (``args``, the job's
+    own) differ from the checkpoint's in a value no remedy changed: the server's base model
+    was replaced, say.
+    """
+    recorded = read_attempts(job_dir)
+    if recorded is None:
+        return None
+    number = int(recorded["chosen"])
+    attempts = [Attempt.from_dict(a) for a in recorded["attempts"]]
+    trained = checkpoint_arguments(attempt_dir(job_dir, number))
+    if trained is None or number > total or [a.number for a in attempts] != list(range(1, number)):
+        return None
+    remedies = [a.remedy for a in attempts]
+    if not all(r is not None and r["retry"] for r in remedies):  # each attempt before it was blocked, with a retry
+        return None
+    remedied = {c["argument"] for r in remedies if r is not None for c in r["changes"]}
+    if any(getattr(trained, f) != getattr(args, f) for f in TrainingArguments.model_fields if f not in remedied):
+        return None
+    last = remedies[-1] if remedies else None
+    changes: list[dict[str, Any]] = list(last["changes"]) if last else []
+    reason = _remedy_reason([Change(**c) for c in changes]) if last else None
+    return ResumePoint(number, attempts, trained, reason, changes)
 
 
 def train_and_release(
@@ -137,18 +203,27 @@ def train_and_release(
     test_path: Path | None = None,
     on_progress: ProgressCallback = ignore_progress,
     should_cancel: CancelCheck = never_cancelled,
+    resume: bool = False,
 ) -> Repaired:
     """Train, judge and export; a blocked attempt is retried with its remedy up to ``repair_attempts`` times.
 
+    With ``resume``, an interrupted job goes on with the attempt it was training, from that
+    attempt's last checkpoint (:func:`resume_point`); without one it starts over.
     Raises ``GateBlocked`` carrying a :class:`JobVerdict` when no attempt passes.
     """
     attempts: list[Attempt] = []
     reason: str | None = None
     changes: list[dict[str, Any]] = []
     total = 1 + repair_attempts
-    for number in range(1, total + 1):
+    first = 1
+    point = resume_point(job_dir, args, total) if resume else None
+    if point is not None:
+        first, attempts, args, reason, changes = point.number, point.attempts, point.args, point.reason, point.changes
+    for number in range(first, total + 1):
         directory = attempt_dir(job_dir, number)
-        shutil.rmtree(directory, ignore_errors=True)
+        resuming = point is not None and number == point.number
+        if not resuming:
+            shutil.rmtree(directory, ignore_errors=True)
         write_attempts(job_dir, [a.to_dict() for a in attempts], chosen=number)  # clients now read this attempt
 
         progress = _tagged(on_progress, number, total, reason)
@@ -162,6 +237,7 @@ def train_and_release(
             on_progress=progress,
             should_cancel=should_cancel,
             score_test=False,
+            resume=resuming,
         )
         progress(Progress("diagnosing"))
         diagnosis = diagnose_and_record(RunDirectory.open(directory), settings)
@@ -193,12 +269,12 @@ def train_and_release(
                 if not remedy.retry
                 else (
                     f"the job may use {repair_attempts} repair attempt(s) (FITGATE_REMEDY_MAX_ATTEMPTS, or the "
-                    f"remedy_attempts parameter); the next one would change: {_remedy_reason(remedy)}"
+                    f"remedy_attempts parameter); the next one would change: {_remedy_reason(remedy.changes)}"
                 )
             )
             raise GateBlocked(JobVerdict(diagnosis, attempts, stop, result))
         assert remedy.arguments is not None  # retry is true
         args = remedy.arguments
-        reason = _remedy_reason(remedy)
+        reason = _remedy_reason(remedy.changes)
         changes = [c.__dict__ for c in remedy.changes]
     raise AssertionError("unreachable: the last attempt returns or raises")

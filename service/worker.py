@@ -41,6 +41,7 @@ from models.registry import open_registry
 from models.repair import JobVerdict, attempts_for, train_and_release
 from service.jobs import JobStore
 from training.arguments import parse_arguments
+from training.checkpoint import remove_checkpoint
 from training.progress import Progress
 from training.rundir import RunDirectory
 
@@ -99,6 +100,9 @@ def run_job(job_id: str, settings: Settings, generation: int, *, resume: bool = 
     def finish(status: str, *, reason: str | None = None, result: dict[str, Any] | None = None) -> None:
         if not store.finish(job_id, status, reason=reason, result=result, generation=generation):
             log.warning("job %s: not recorded as %s, another trainer holds it now", job_id, status)
+            return
+        for attempt in run_dir.glob("attempt-*"):  # a job that ended resumes nothing: a retry starts over
+            remove_checkpoint(attempt)
 
     if not resume:
         shutil.rmtree(run_dir, ignore_errors=True)  # a retry never shows the previous attempt's report

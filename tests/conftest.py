@@ -91,7 +91,7 @@ def _run(tmp: Path, base: Path, **overrides: object) -> Path:
             "train_eval_size": 100,
             "max_length": 32,
             **overrides,
-        }  # type: ignore[arg-type]
+        }
     )
     fine_tune(data, tmp / "run", args)
     return tmp / "run"

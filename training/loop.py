@@ -1,21 +1,23 @@
 """The fine-tuning run, top to bottom in execution order.
 
 setup -> data -> model -> optimizer and schedule -> evaluation helper -> checkpoint
-selection -> loop (evaluate, early stop, keep best) -> restore best -> calibrate -> final
-scores -> save. :func:`fine_tune`, at the bottom, is the outline; the helpers above it are
-the steps, in the order it takes them. Writing the run directory belongs to
-:mod:`training.rundir`.
+selection -> loop (evaluate, early stop, keep best; an end-of-epoch checkpoint to resume
+from) -> restore best -> calibrate -> final scores -> save. :func:`fine_tune`, at the
+bottom, is the outline; the helpers above it are the steps, in the order it takes them.
+Writing the run directory belongs to :mod:`training.rundir`, the resume file's contents to
+:mod:`training.checkpoint`.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import math
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import cast
 
@@ -30,6 +32,7 @@ from fitgate.errors import DeviceUnavailable, TrainingCancelled
 from training import batching, evaluation, losses, modeling
 from training.arguments import TrainingArguments
 from training.audit import audit_run
+from training.checkpoint import Checkpoint, LossWindow, RandomState, load_checkpoint, remove_checkpoint, save_checkpoint
 from training.curves import CurvePoint, save_curves
 from training.data import LabelledData, read_labelled_file
 from training.decision import decide, softmax
@@ -45,6 +48,8 @@ from training.rundir import (
     save_run,
 )
 from training.splits import Splits, load_splits
+
+log = logging.getLogger(__name__)
 
 # --- setup ---------------------------------------------------------------------------------
 
@@ -324,6 +329,17 @@ class CheckpointSelector:
     def should_stop(self) -> bool:
         return self.patience is not None and self.evals_without_gain >= self.patience
 
+    @property
+    def best_weights(self) -> dict[str, torch.Tensor] | None:
+        """The kept copy of the best weights (for the resume checkpoint; :meth:`restore_best` loads them)."""
+        return self._best_state
+
+    def resume(
+        self, best: CurvePoint | None, evals_without_gain: int, best_weights: dict[str, torch.Tensor] | None
+    ) -> None:
+        """Take the selection up where a checkpoint of the same run left it."""
+        self.best, self.evals_without_gain, self._best_state = best, evals_without_gain, best_weights
+
     def restore_best(self, model: torch.nn.Module) -> CurvePoint:
         """Load the best weights back into ``model``; return their curve point."""
         if self.best is None or self._best_state is None:
@@ -365,6 +381,7 @@ class LoopState:
     curves: list[CurvePoint]
     step: int = 0
     window: RunningLoss = field(default_factory=RunningLoss)
+    epochs_completed: int = 0  # epochs whose every batch was trained (the checkpoint is written after each)
 
 
 def save_live_curves(state: LoopState, output_dir: Path) -> None:
@@ -372,6 +389,86 @@ def save_live_curves(state: LoopState, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     best = state.selector.best
     save_curves(state.curves, best.step if best else None, output_dir / CURVES)
+
+
+# --- the resume checkpoint ----------------------------------------------------------------------
+
+
+def checkpoint_of(
+    state: LoopState,
+    model: torch.nn.Module,
+    optimization: Optimization,
+    generator: torch.Generator,
+    *,
+    args: TrainingArguments,
+    data_sha256: dict[str, str],
+    train_seconds: float,
+) -> Checkpoint:
+    """The run as it stands between two epochs (references, not copies: it is written right away)."""
+    window = state.window
+    return Checkpoint(
+        arguments=args.model_dump(mode="json"),
+        data_sha256=data_sha256,
+        epochs_completed=state.epochs_completed,
+        step=state.step,
+        train_seconds=train_seconds,
+        curves=list(state.curves),
+        best=state.selector.best,
+        evals_without_gain=state.selector.evals_without_gain,
+        best_weights=state.selector.best_weights,
+        window=LossWindow(window.total, window.count, window.samples, time.perf_counter() - window.started),
+        model=model.state_dict(),
+        optimizer=optimization.optimizer.state_dict(),
+        scheduler=optimization.scheduler.state_dict(),
+        scaler=optimization.scaler.state_dict(),
+        random=RandomState.capture(generator),
+    )
+
+
+def restore_checkpoint(
+    checkpoint: Checkpoint,
+    model: torch.nn.Module,
+    optimization: Optimization,
+    selector: CheckpointSelector,
+    generator: torch.Generator,
+) -> LoopState:
+    """Put a freshly built run back where the checkpoint left it; the loop state to go on with.
+
+    The random generators are restored last, after everything that draws from them while a
+    run is built (the training subset, the head's initialization).
+    """
+    model.load_state_dict(checkpoint.model)
+    optimization.optimizer.load_state_dict(checkpoint.optimizer)  # also the learning rates the schedule set
+    optimization.scheduler.load_state_dict(checkpoint.scheduler)
+    if checkpoint.scaler:  # empty from a run without fp16 loss scaling (CPU, bf16)
+        optimization.scaler.load_state_dict(checkpoint.scaler)
+    selector.resume(checkpoint.best, checkpoint.evals_without_gain, checkpoint.best_weights)
+    window = checkpoint.window
+    checkpoint.random.restore(generator)
+    return LoopState(
+        selector=selector,
+        curves=list(checkpoint.curves),
+        step=checkpoint.step,
+        window=RunningLoss(window.total, window.count, window.samples, time.perf_counter() - window.seconds),
+        epochs_completed=checkpoint.epochs_completed,
+    )
+
+
+def _resumable(output_dir: Path, args: TrainingArguments, data_sha256: dict[str, str]) -> Checkpoint | None:
+    checkpoint = load_checkpoint(output_dir)
+    if checkpoint is not None and not checkpoint.matches(args, data_sha256):
+        log.warning("%s holds a checkpoint of other arguments or data; training starts over", output_dir)
+        return None
+    return checkpoint
+
+
+def _marked_resumed(on_progress: ProgressCallback, epoch: int) -> ProgressCallback:
+    """Progress that says the run resumed, on every report after the resume."""
+
+    def progress(progress: Progress) -> None:
+        on_progress(replace(progress, resumed_at_epoch=epoch))
+
+    return progress
 
 
 # --- calibration and final scores --------------------------------------------------------------
@@ -430,15 +527,26 @@ def fine_tune(
     on_progress: ProgressCallback = ignore_progress,
     should_cancel: CancelCheck = never_cancelled,
     score_test: bool = True,
+    resume: bool = False,
 ) -> RunResult:
     """Fine-tune ``args.base_model`` on a labelled file and write the run directory.
 
     With ``score_test`` off, the test rows are kept unscored in the run directory: a repair
     loop judges its attempts on validation only and scores the test split once, for the
     attempt it exports (``score_test_split``).
+
+    Every epoch that ends with training still to do leaves a checkpoint in ``output_dir``.
+    With ``resume``, a run interrupted after one goes on from its checkpoint and ends as the
+    uninterrupted run would have (on CPU, bit for bit); its progress reports then carry
+    ``resumed_at_epoch``, the 1-based epoch it goes on with. Without a checkpoint of the
+    same arguments and data (the run stopped during its first epoch, say) it starts over.
     """
     started = time.perf_counter()
     on_progress(Progress("loading"))
+    data_sha256 = _sha256_of_files(train=data_path, validation=validation_path, test=test_path)
+    checkpoint = _resumable(Path(output_dir), args, data_sha256) if resume else None
+    if checkpoint is None:
+        remove_checkpoint(Path(output_dir))  # another run's: never resumed, so not kept either
 
     # setup
     device = pick_device(args.device)
@@ -485,12 +593,26 @@ def fine_tune(
             samples_per_second=window.samples_per_second() if window else None,
         )
 
-    # loop
-    state = LoopState(
-        selector=CheckpointSelector(patience=args.early_stopping_patience, threshold=args.early_stopping_threshold),
-        curves=[evaluate_at(0)],
-    )
-    save_live_curves(state, Path(output_dir))
+    # loop, from the start or from the checkpoint
+    selector = CheckpointSelector(patience=args.early_stopping_patience, threshold=args.early_stopping_threshold)
+    if checkpoint is None:
+        state = LoopState(selector=selector, curves=[evaluate_at(0)])
+        trained_before = 0.0
+    else:
+        state = restore_checkpoint(checkpoint, model, optimization, selector, generator)
+        trained_before = checkpoint.train_seconds
+        on_progress = _marked_resumed(on_progress, state.epochs_completed + 1)
+        on_progress(
+            Progress(
+                "training",
+                epoch=schedule.epoch(state.step),
+                step=state.step,
+                total_steps=schedule.total_steps,
+                metrics={"val_macro_f1": state.curves[-1].val_macro_f1, "val_loss": state.curves[-1].val_loss},
+            )
+        )
+        del checkpoint  # its tensors were copied into the model and the optimizer; the best weights stay
+    save_live_curves(state, Path(output_dir))  # after a resume: drops points evaluated after the checkpoint
     train_started = time.perf_counter()
     while state.step < schedule.total_steps and not state.selector.should_stop:
         for batch in batching.training_batches(
@@ -522,7 +644,7 @@ def fine_tune(
                 state.selector.offer(point, model)
                 state.window = RunningLoss()
                 save_live_curves(state, Path(output_dir))
-            elapsed = time.perf_counter() - train_started
+            elapsed = trained_before + time.perf_counter() - train_started
             on_progress(
                 Progress(
                     "training",
@@ -535,7 +657,21 @@ def fine_tune(
             )
             if state.step >= schedule.total_steps or state.selector.should_stop:
                 break
-    train_seconds = time.perf_counter() - train_started
+        else:  # the epoch ran out with training still to do: the point a run resumes from
+            state.epochs_completed += 1
+            save_checkpoint(
+                checkpoint_of(
+                    state,
+                    model,
+                    optimization,
+                    generator,
+                    args=args,
+                    data_sha256=data_sha256,
+                    train_seconds=trained_before + time.perf_counter() - train_started,
+                ),
+                Path(output_dir),
+            )
+    train_seconds = trained_before + time.perf_counter() - train_started
 
     # restore the selected checkpoint, then calibrate on validation
     on_progress(Progress("calibrating", step=state.step, total_steps=schedule.total_steps))
@@ -565,7 +701,7 @@ def fine_tune(
     result = RunResult(
         output_dir=Path(output_dir),
         base_model=base_model,
-        data_sha256=_sha256_of_files(train=data_path, validation=validation_path, test=test_path),
+        data_sha256=data_sha256,
         label_names=data.label_names,
         curves=state.curves,
         best_step=selected.step,
@@ -589,6 +725,7 @@ def fine_tune(
     )
     unscored_test = splits.test if splits.test is not None and test_scores is None else None
     save_run(result, model.cpu(), tokenizer, args, splits.validation, val_logits, unscored_test)
+    remove_checkpoint(Path(output_dir))  # the run is complete: nothing left to resume
     on_progress(
         Progress(
             "done",

@@ -27,10 +27,14 @@ class Progress:
     attempt: int = 1  # which training attempt of the job (a repair attempt follows a blocked one)
     attempts_allowed: int = 1
     attempt_reason: str | None = None  # why this attempt runs: the remedies it applies
+    # the 1-based epoch a run interrupted after a finished epoch goes on with (None: never resumed);
+    # set on every report after the resume, so a client polling sees it whatever the phase
+    resumed_at_epoch: int | None = None
 
 
 class ProgressCallback(Protocol):
-    def __call__(self, progress: Progress) -> None: ...
+    # positional-only: any one-argument callable is a callback (a list's append, in tests)
+    def __call__(self, progress: Progress, /) -> None: ...
 
 
 CancelCheck = Callable[[], bool]

@@ -40,6 +40,7 @@ LEARNING_CURVES_PNG = "learning_curves.png"
 CONFUSION_PNG = "confusion_matrix.png"
 TEST_CSV = "test.csv"  # the held-out rows, scored only once an attempt is chosen for export
 LABEL_ISSUES = "label_issues.csv"  # rows whose labels look wrong (training/audit.py)
+CHECKPOINT = "checkpoint.pt"  # the last finished epoch of a running job (training/checkpoint.py); gone once saved
 ATTEMPTS = "attempts.json"  # in a job's directory holding one sub-directory per attempt (models/repair.py)
 
 REQUIRED = (REPORT, CURVES, ARGUMENTS, VALIDATION_CSV, VALIDATION_LOGITS, MODEL_DIR)

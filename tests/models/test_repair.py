@@ -1,10 +1,24 @@
-"""The repair budget: a request may ask for fewer repair attempts than the operator allows, never more."""
+"""The repair loop: its budget, and where an interrupted job goes on."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import torch
+
+from fitgate.errors import TrainingCancelled
 from fitgate.settings import Settings
-from models.repair import attempts_for
+from models import repair
+from models.names import ModelName
+from models.registry import Registry
+from models.repair import Attempt, attempts_for, resume_point
 from training.arguments import TrainingArguments
+from training.checkpoint import Checkpoint, LossWindow, RandomState, save_checkpoint
+from training.progress import Progress
+from training.remedies import Change, Remedy
+from training.rundir import CHECKPOINT, RunResult, attempt_dir, read_attempts, write_attempts
 
 
 def test_a_request_can_lower_the_repair_budget_but_not_raise_it() -> None:
@@ -13,3 +27,145 @@ def test_a_request_can_lower_the_repair_budget_but_not_raise_it() -> None:
     assert attempts_for(TrainingArguments(remedy_attempts=0), settings) == 0
     assert attempts_for(TrainingArguments(remedy_attempts=3), settings) == 1
     assert attempts_for(TrainingArguments(remedy_attempts=2), Settings(remedy_max_attempts=0)) == 0
+
+
+# --- resuming an interrupted job: the attempt it was training goes on from its checkpoint ---
+
+JOB_ARGS = TrainingArguments(base_model="/models/minilm", learning_rate=2e-5)
+SECOND_ARGS = JOB_ARGS.model_copy(update={"learning_rate": 1e-4})  # what attempt 1's remedy changed
+LR_CHANGE = Change("learning_rate", 2e-5, 1e-4, "the run underfit")
+
+
+def _first_attempt_blocked() -> Attempt:
+    remedy = Remedy(["underfit"], SECOND_ARGS, [LR_CHANGE])
+    return Attempt(1, None, [], False, ["underfit"], 0.4, 12.0, remedy.to_dict())
+
+
+def _checkpoint(run_dir: Path, args: TrainingArguments) -> None:
+    save_checkpoint(
+        Checkpoint(
+            arguments=args.model_dump(mode="json"),
+            data_sha256={},
+            epochs_completed=1,
+            step=5,
+            train_seconds=1.0,
+            curves=[],
+            best=None,
+            evals_without_gain=0,
+            best_weights=None,
+            window=LossWindow(0.0, 0, 0, 0.0),
+            model={"weight": torch.zeros(1)},
+            optimizer={},
+            scheduler={},
+            scaler={},
+            random=RandomState.capture(torch.Generator()),
+        ),
+        run_dir,
+    )
+
+
+def _job_interrupted_in_attempt_2(job_dir: Path, checkpoint_args: TrainingArguments | None) -> None:
+    write_attempts(job_dir, [_first_attempt_blocked().to_dict()], chosen=2)
+    attempt_dir(job_dir, 2).mkdir(parents=True)
+    if checkpoint_args is not None:
+        _checkpoint(attempt_dir(job_dir, 2), checkpoint_args)
+
+
+class FineTuneCalls:
+    """Stands in for fine_tune: records how each attempt would be trained, reports, then stops the job."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, data_path: Path, directory: Path, args: TrainingArguments, **kwargs: Any) -> RunResult:
+        self.calls.append(
+            {
+                "directory": directory,
+                "args": args,
+                "resume": kwargs["resume"],
+                "checkpoint": (directory / CHECKPOINT).is_file(),
+            }
+        )
+        kwargs["on_progress"](Progress("training", step=6, resumed_at_epoch=2 if kwargs["resume"] else None))
+        kwargs["on_progress"](Progress("calibrating"))
+        raise TrainingCancelled("stopped by the test")
+
+
+def _train(job_dir: Path, monkeypatch: pytest.MonkeyPatch, *, resume: bool) -> tuple[FineTuneCalls, list[Progress]]:
+    fake = FineTuneCalls()
+    monkeypatch.setattr(repair, "fine_tune", fake)
+    seen: list[Progress] = []
+    with pytest.raises(TrainingCancelled):
+        repair.train_and_release(
+            job_dir / "upload.csv",
+            job_dir,
+            JOB_ARGS,
+            ModelName.parse("support/spam"),
+            Settings(),
+            cast(Registry, None),  # never reached: the job stops in training
+            repair_attempts=2,
+            promote=False,
+            on_progress=seen.append,
+            resume=resume,
+        )
+    return fake, seen
+
+
+def test_an_interrupted_job_goes_on_with_the_attempt_it_was_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _job_interrupted_in_attempt_2(tmp_path, SECOND_ARGS)
+    fake, seen = _train(tmp_path, monkeypatch, resume=True)
+    assert fake.calls == [
+        {"directory": attempt_dir(tmp_path, 2), "args": SECOND_ARGS, "resume": True, "checkpoint": True}
+    ], "attempt 2, with its own arguments and its checkpoint kept"
+    reason = "learning_rate 2e-05 -> 0.0001 (the run underfit)"
+    assert [(p.attempt, p.attempts_allowed, p.attempt_reason) for p in seen] == [(2, 3, reason)] * 2
+    assert [p.resumed_at_epoch for p in seen] == [2, 2], "every report after the resume says so"
+    recorded = read_attempts(tmp_path)
+    assert recorded is not None and recorded["chosen"] == 2
+    assert recorded["attempts"] == [_first_attempt_blocked().to_dict()]
+
+
+def test_the_resume_point_is_the_current_attempt_with_the_remedy_that_led_to_it(tmp_path: Path) -> None:
+    _job_interrupted_in_attempt_2(tmp_path, SECOND_ARGS)
+    point = resume_point(tmp_path, JOB_ARGS, total=3)
+    assert point is not None
+    assert (point.number, point.args, point.attempts) == (2, SECOND_ARGS, [_first_attempt_blocked()])
+    assert point.changes == [LR_CHANGE.__dict__]
+    assert point.reason == "learning_rate 2e-05 -> 0.0001 (the run underfit)"
+
+
+@pytest.mark.parametrize(
+    ("checkpoint_args", "why"),
+    [
+        pytest.param(None, "attempt 2 had not finished an epoch", id="no-checkpoint"),
+        pytest.param(
+            SECOND_ARGS.model_copy(update={"base_model": "/models/other"}),
+            "the server's base model was replaced",
+            id="other-base-model",
+        ),
+    ],
+)
+def test_a_job_without_a_checkpoint_of_its_own_arguments_starts_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checkpoint_args: TrainingArguments | None, why: str
+) -> None:
+    _job_interrupted_in_attempt_2(tmp_path, checkpoint_args)
+    assert resume_point(tmp_path, JOB_ARGS, total=3) is None, why
+    fake, _ = _train(tmp_path, monkeypatch, resume=True)
+    assert fake.calls == [
+        {"directory": attempt_dir(tmp_path, 1), "args": JOB_ARGS, "resume": False, "checkpoint": False}
+    ]
+
+
+def test_a_job_allowed_fewer_attempts_than_it_had_reached_starts_over(tmp_path: Path) -> None:
+    _job_interrupted_in_attempt_2(tmp_path, SECOND_ARGS)
+    assert resume_point(tmp_path, JOB_ARGS, total=1) is None  # the operator lowered FITGATE_REMEDY_MAX_ATTEMPTS
+
+
+def test_without_resume_a_job_starts_over_whatever_its_directory_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _job_interrupted_in_attempt_2(tmp_path, SECOND_ARGS)
+    fake, _ = _train(tmp_path, monkeypatch, resume=False)
+    assert [(c["directory"], c["resume"]) for c in fake.calls] == [(attempt_dir(tmp_path, 1), False)]
