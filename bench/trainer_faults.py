@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMS = ROOT.parent / "shared" / "datasets" / "sms_spam" / "sms_spam.csv"
 RESULTS = ROOT / "bench" / "results"
 FOUR_EPOCHS = {"num_train_epochs": 4, "early_stopping_patience": None, "remedy_attempts": 0}
-SHORT = {"num_train_epochs": 2, "learning_rate": 0.005, "max_length": 16, "remedy_attempts": 0, "label_audit": False}
+SHORT = {"num_train_epochs": 4, "learning_rate": 0.005, "max_length": 32, "remedy_attempts": 0, "label_audit": False}
 
 
 class Bench:
@@ -126,7 +126,7 @@ def many(bench: Bench, jobs: int, parameters: str, seed: int = 7) -> dict[str, i
     rng = random.Random(seed)
     ids = {}
     for i in range(jobs):
-        data = write_csv(bench.tmp / f"many-{i}.csv", keyword_rows(200, seed=i))
+        data = write_csv(bench.tmp / f"many-{i}.csv", keyword_rows(300, seed=i))
         ids[bench.upload(data, f"bench/many-{i}", parameters)] = f"bench/many-{i}"
     kills = 0
     while True:
@@ -211,7 +211,7 @@ def main() -> None:
     if chaos:
         lines += [
             "",
-            f"{chaos['jobs']} two-epoch jobs across 3 trainers, {chaos['kills']} random trainer kills during training "
+            f"{chaos['jobs']} four-epoch jobs across 3 trainers, {chaos['kills']} random trainer kills during training "
             f"({chaos['takeovers']} takeovers): **{chaos['lost']} jobs lost, {chaos['released_twice']} released "
             "twice** (targets 0 and 0).",
         ]
