@@ -24,6 +24,9 @@ function renderStatus(job) {
   fact(list, "status", el("span", { class: `status ${job.status}`, id: "job-status", text: job.status }));
   fact(list, "phase", el("span", { id: "job-phase", text: p.phase || (job.status === "queued" ? "waiting for a trainer" : "–") }));
   fact(list, "epoch", p.epoch !== undefined ? p.epoch.toFixed(2) : "–");
+  if (p.resumed_at_epoch) {
+    fact(list, "resumed", el("span", { id: "job-resumed", text: `at epoch ${p.resumed_at_epoch}, after its trainer was lost` }));
+  }
   fact(list, "step", p.total_steps ? `${p.step} of ${p.total_steps}` : "–");
   if (!FINAL.includes(job.status)) fact(list, "time left", p.eta_seconds === null || p.eta_seconds === undefined ? "estimating…" : duration(p.eta_seconds));
   if (p.metrics && p.metrics.val_macro_f1 !== undefined) fact(list, "validation macro-F1", fmt(p.metrics.val_macro_f1));
