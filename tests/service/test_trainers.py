@@ -118,6 +118,14 @@ def wait_for(what: str, check: Any, timeout: float = 180, every: float = 0.1) ->
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def metric(server: Server, name: str, label: str = "") -> float | None:
+    """The first sample of ``name`` on the server's /metrics whose labels contain ``label``."""
+    for line in httpx.get(f"{server.url}/metrics", timeout=30).text.splitlines():
+        if line.startswith(name) and not line.startswith(f"{name}_") and label in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def in_epoch(cluster: Cluster, job_id: str, low: float, high: float) -> dict[str, Any] | None:
     job = cluster.job(job_id)
     assert job["status"] in ("queued", "running"), job
@@ -181,6 +189,9 @@ def test_twenty_jobs_across_three_trainers_with_random_kills_lose_none_and_run_n
     jobs = {
         cluster.upload(keyword_rows(300, seed=i), f"team-a/many-{i}", LEARNABLE): f"team-a/many-{i}" for i in range(20)
     }
+    # the queue as an autoscaler reads it, from the API pod, which trains nothing itself
+    wait_for("the queue depth on /metrics", lambda: (metric(cluster.api, "fitgate_jobs_queued") or 0) >= 5, every=1)
+    wait_for("a trainer's running count", lambda: metric(cluster.api, "fitgate_jobs_running", "trainer-") == 1, every=1)
     kills = 0
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
