@@ -122,7 +122,7 @@ def killed_in_epoch_3(bench: Bench, data: Path, parameters: str) -> dict[str, fl
     }
 
 
-def many(bench: Bench, jobs: int, parameters: str, seed: int = 7) -> dict[str, int]:
+def many(bench: Bench, jobs: int, parameters: str, seed: int = 7) -> dict[str, Any]:
     rng = random.Random(seed)
     ids = {}
     for i in range(jobs):
@@ -148,6 +148,9 @@ def many(bench: Bench, jobs: int, parameters: str, seed: int = 7) -> dict[str, i
         "kills": kills,
         "takeovers": sum(int(bench.row(i)["takeovers"]) for i in ids),
         "lost": sum(1 for j in outcomes.values() if j["status"] != "succeeded"),
+        "why": "; ".join(
+            sorted({f"{j['status']}: {j['reason']}" for j in outcomes.values() if j["status"] != "succeeded"})
+        ),
         "released_twice": sum(1 for model in ids.values() if bench.versions(model) > 1),
     }
 
@@ -213,7 +216,7 @@ def main() -> None:
             "",
             f"{chaos['jobs']} four-epoch jobs across 3 trainers, {chaos['kills']} random trainer kills during training "
             f"({chaos['takeovers']} takeovers): **{chaos['lost']} jobs lost, {chaos['released_twice']} released "
-            "twice** (targets 0 and 0).",
+            "twice** (targets 0 and 0)." + (f" Not succeeded: {chaos['why']}" if chaos["lost"] else ""),
         ]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"trainer_faults_{args.model}.md").write_text("\n".join(lines) + "\n")

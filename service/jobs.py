@@ -64,7 +64,14 @@ log = logging.getLogger(__name__)
 
 FINAL = ("succeeded", "blocked", "failed", "cancelled")
 MAX_TAKEOVERS = 3
-"""Takeovers of one run before a job that keeps losing its trainer (a crash that takes the pod down) is failed."""
+"""Takeovers in a row without a newly completed epoch before a job is failed: one that takes its trainer down
+at the same point every time (a crash of the pod, not of the training process) must not loop forever, while
+one on spot nodes that completes epochs between losses goes on."""
+STALLED = (
+    f"interrupted: its trainer was lost {MAX_TAKEOVERS + 1} times in a row without completing an epoch in between "
+    "(something this job does may take the trainer down; the operators can read the trainer logs); "
+    "POST /jobs/{id}/retry runs it again from its stored upload"
+)
 
 METADATA = MetaData()
 JOBS = Table(
@@ -85,7 +92,8 @@ JOBS = Table(
     Column("reason", Text),
     Column("cancel_requested", Integer, nullable=False, server_default=text("0")),
     Column("attempts", Integer, nullable=False, server_default=text("0")),  # claims, retries and takeovers included
-    Column("takeovers", Integer, nullable=False, server_default=text("0")),  # of this run (reset by a retry)
+    Column("takeovers", Integer, nullable=False, server_default=text("0")),  # in a row without a completed epoch
+    Column("takeover_epoch", Integer),  # epochs completed at the last takeover
     Column("trainer", String(200)),  # the lease holder
     Column("lease_generation", Integer, nullable=False, server_default=text("0")),
     Column("lease_expires_at", Double),
@@ -141,6 +149,12 @@ class Claim:
     @property
     def generation(self) -> int:
         return self.job.lease_generation
+
+
+def _epochs_done(progress: str | None) -> int:
+    """Epochs a job had completed by its last progress report (what a resumed run keeps)."""
+    epoch = (json.loads(progress) if progress else {}).get("epoch") or 0.0
+    return int(epoch)
 
 
 def default_trainer_name() -> str:
@@ -224,7 +238,16 @@ class JobStore:
             JOBS.c.status == "running", or_(JOBS.c.lease_expires_at.is_(None), JOBS.c.lease_expires_at < now)
         )
         with write(self.engine, lock=f"fitgate.jobs.trainer:{trainer}") as db:
-            self._end_abandoned(db, expired, now)
+            db.execute(
+                update(JOBS)
+                .where(expired, JOBS.c.cancel_requested == 1)
+                .values(
+                    status="cancelled",
+                    ended_at=now,
+                    lease_expires_at=None,
+                    reason="cancelled while its trainer was lost",
+                )
+            )
             running = db.execute(
                 select(func.count())
                 .select_from(JOBS)
@@ -232,16 +255,25 @@ class JobStore:
             ).scalar_one()
             if running >= max_running:
                 return None
-            candidate = db.execute(
-                select(JOBS.c.id, JOBS.c.status)
-                .where(or_(JOBS.c.status == "queued", expired))
-                .order_by(JOBS.c.created_at)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            ).first()
-            if candidate is None:
-                return None
-            takeover = candidate.status == "running"
+            while True:
+                candidate = db.execute(
+                    select(JOBS.c.id, JOBS.c.status, JOBS.c.progress, JOBS.c.takeovers, JOBS.c.takeover_epoch)
+                    .where(or_(JOBS.c.status == "queued", expired))
+                    .order_by(JOBS.c.created_at)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                ).first()
+                if candidate is None:
+                    return None
+                takeover = candidate.status == "running"
+                epochs_done = _epochs_done(candidate.progress)
+                # takeovers in a row without a newly completed epoch: a job that crashes its trainer at one point
+                stalled = candidate.takeovers + 1 if takeover and epochs_done <= (candidate.takeover_epoch or 0) else 1
+                if takeover and stalled > MAX_TAKEOVERS:
+                    db.execute(update(JOBS).where(JOBS.c.id == candidate.id).values(
+                        status="failed", ended_at=now, lease_expires_at=None, reason=STALLED))  # fmt: skip
+                    continue
+                break
             row = db.execute(
                 update(JOBS)
                 .where(JOBS.c.id == candidate.id)
@@ -249,7 +281,8 @@ class JobStore:
                     status="running",
                     started_at=case((JOBS.c.status == "running", func.coalesce(JOBS.c.started_at, now)), else_=now),
                     attempts=JOBS.c.attempts + 1,
-                    takeovers=JOBS.c.takeovers + (1 if takeover else 0),
+                    takeovers=stalled if takeover else 0,
+                    takeover_epoch=epochs_done if takeover else None,
                     pid=None,
                     trainer=trainer,
                     lease_generation=JOBS.c.lease_generation + 1,
@@ -258,29 +291,6 @@ class JobStore:
                 .returning(*JOBS.c)
             ).one()
         return Claim(self._job(row), takeover)
-
-    @staticmethod
-    def _end_abandoned(db: Any, expired: ColumnElement[bool], now: float) -> None:
-        """Jobs with a lapsed lease that must not be taken over: cancelled meanwhile, or lost too often."""
-        db.execute(
-            update(JOBS)
-            .where(expired, JOBS.c.cancel_requested == 1)
-            .values(
-                status="cancelled", ended_at=now, lease_expires_at=None, reason="cancelled while its trainer was lost"
-            )
-        )
-        db.execute(
-            update(JOBS)
-            .where(expired, JOBS.c.takeovers >= MAX_TAKEOVERS)
-            .values(
-                status="failed",
-                ended_at=now,
-                lease_expires_at=None,
-                reason=f"interrupted: its trainer was lost {MAX_TAKEOVERS + 1} times while this job ran (a node "
-                "reclaimed, or a crash that takes the trainer down); POST /jobs/{id}/retry runs it again from its "
-                "stored upload",
-            )
-        )
 
     def renew(self, job_id: str, generation: int, lease_seconds: float) -> bool:
         """Extend the lease; False when it was taken over (the caller must stop the job's process)."""
@@ -397,6 +407,7 @@ class JobStore:
                     cancel_requested=0,
                     created_at=time.time(),
                     takeovers=0,
+                    takeover_epoch=None,
                 )
             )
         return self.get(job_id)

@@ -142,22 +142,39 @@ def test_a_job_cancelled_while_its_trainer_was_lost_is_not_taken_over(store: Job
     assert store.get(job_id).status == "cancelled"
 
 
-def test_a_job_that_keeps_losing_its_trainer_fails_after_a_few_takeovers(store: JobStore, tmp_path: Path) -> None:
+def test_a_job_that_keeps_losing_its_trainer_at_one_point_fails_after_a_few_takeovers(
+    store: JobStore, tmp_path: Path
+) -> None:
     (job_id,) = _queue(store, tmp_path)
-    assert store.claim_next("t", 1, LEASE) is not None
-    for _ in range(MAX_TAKEOVERS):
+    claim = store.claim_next("t", 1, LEASE)
+    assert claim is not None
+    store.update_progress(job_id, {"phase": "training", "epoch": 1.4}, claim.generation)
+    for _ in range(MAX_TAKEOVERS):  # lost each time before its second epoch is done
         _expire(store, job_id)
         claim = store.claim_next("t", 1, LEASE)
         assert claim is not None and claim.takeover
+        store.update_progress(job_id, {"phase": "training", "epoch": 1.9}, claim.generation)
     _expire(store, job_id)
     assert store.claim_next("t", 1, LEASE) is None
     failed = store.get(job_id)
     assert failed.status == "failed" and failed.reason and failed.reason.startswith("interrupted")
-    assert "retry" in failed.reason
+    assert "without completing an epoch" in failed.reason and "retry" in failed.reason
 
     assert store.retry(job_id).status == "queued"  # a retry is a new run, with its own takeovers
     again = store.claim_next("t", 1, LEASE)
     assert again is not None and not again.takeover and again.job.attempts == MAX_TAKEOVERS + 2
+
+
+def test_a_job_that_completes_epochs_between_lost_trainers_goes_on(store: JobStore, tmp_path: Path) -> None:
+    (job_id,) = _queue(store, tmp_path)
+    claim = store.claim_next("t", 1, LEASE)
+    for epoch in range(1, 3 * MAX_TAKEOVERS):  # spot nodes reclaimed every epoch
+        assert claim is not None
+        store.update_progress(job_id, {"phase": "training", "epoch": epoch + 0.5}, claim.generation)
+        _expire(store, job_id)
+        claim = store.claim_next("t", 1, LEASE)
+        assert claim is not None and claim.takeover, epoch
+    assert store.get(job_id).status == "running"
 
 
 def test_only_failed_or_cancelled_jobs_are_retried_and_only_while_the_upload_is_kept(
