@@ -157,6 +157,13 @@ def _epochs_done(progress: str | None) -> int:
     return int(epoch)
 
 
+def _resuming(progress: str | None) -> str | None:
+    """What a taken-over job reports until its new training process does: where it was, phase "resuming"."""
+    if not progress:
+        return None
+    return json.dumps({**json.loads(progress), "phase": "resuming", "eta_seconds": None})
+
+
 def default_trainer_name() -> str:
     return socket.gethostname()
 
@@ -283,6 +290,8 @@ class JobStore:
                     attempts=JOBS.c.attempts + 1,
                     takeovers=stalled if takeover else 0,
                     takeover_epoch=epochs_done if takeover else None,
+                    # a client (and a fault test) must not read the dead process's last report as live training
+                    progress=_resuming(candidate.progress) if takeover else JOBS.c.progress,
                     pid=None,
                     trainer=trainer,
                     lease_generation=JOBS.c.lease_generation + 1,

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 Phase = Literal[
-    "loading", "training", "calibrating", "auditing", "saving", "done", "diagnosing", "exporting", "registering"
-]
+    "loading", "training", "calibrating", "auditing", "saving", "done", "diagnosing", "exporting", "registering",
+    "resuming",  # written by the job queue when another trainer takes a job over, until its process reports
+]  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,8 @@ def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_off(store: 
     assert new is not None and new.takeover and new.job.id == job_id
     assert (new.generation, new.job.trainer, new.job.attempts) == (old.generation + 1, "trainer-b", 2)
     assert new.job.started_at == old.job.started_at  # one run, interrupted: it started when it first started
-    assert new.job.progress == {"phase": "training", "epoch": 1.0}  # what the client saw stays until the new holder
+    # where it was stays, and the phase says the job is being taken over until its new process reports
+    assert new.job.progress == {"phase": "resuming", "epoch": 1.0, "eta_seconds": None}
 
     # the old holder wakes up: every write it makes is refused
     with pytest.raises(LeaseLost):
