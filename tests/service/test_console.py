@@ -127,7 +127,9 @@ def sign_in(driver: WebDriver, server: Server, who: str) -> None:
     field = visible(driver, "#token")
     field.send_keys(TOKENS[who][0])
     driver.find_element(By.CSS_SELECTOR, "#signin button[type=submit]").click()
-    wait_for(driver).until(ec.text_to_be_present_in_element((By.ID, "identity"), "Signed in: team"))
+    team = "team-b" if who == "team-b" else "team-a"  # as tests/service/conftest.py configures the tokens
+    # the tab may still show the previous test's sign-in: wait for this caller's
+    wait_for(driver).until(ec.text_to_be_present_in_element((By.ID, "identity"), f"Signed in: team {team} "))
 
 
 def choose_file(driver: WebDriver, path: Path, model: str) -> None:
@@ -225,6 +227,7 @@ def test_a_product_engineer_fine_tunes_tries_promotes_and_rolls_back_in_the_brow
     new_version = api_job(console_server, browser, "team-a")["result"]["version"]
 
     # try it: the served version answers with label, confidence and probabilities
+    visible(browser, "#verdict a[href*='#try']")  # drawn once the report, plots and audit have loaded
     browser.find_element(By.LINK_TEXT, "Try this model").click()
     visible(browser, "#try-text").send_keys("win cash prize claim now urgent")
     wait_for(browser).until(lambda d: Select(d.find_element(By.ID, "try-version")).first_selected_option.text)
@@ -302,7 +305,8 @@ def test_a_second_team_cannot_see_the_first_teams_job_in_the_browser(
     jobs = httpx.get(f"{console_server.url}/jobs", headers=bearer("team-a"), timeout=30).json()
     assert jobs, "the first test left team-a a job"
     sign_in(browser, console_server, "team-b")
-    wait_for(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#jobs p, #jobs table"))
+    # team-b's own list (it has none), drawn after its sign-in replaced whatever the tab showed before
+    wait_for(browser).until(lambda d: "No jobs yet." in text_of(d, "#jobs"))
     assert jobs[0]["job_id"] not in text_of(browser, "#jobs")
     browser.get(f"{console_server.url}/console/jobs/{jobs[0]['job_id']}")
     wait_for(browser).until(lambda d: text_of(d, "#job-error"))
