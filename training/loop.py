@@ -384,6 +384,19 @@ class LoopState:
     epochs_completed: int = 0  # epochs whose every batch was trained (the checkpoint is written after each)
 
 
+def training_progress(state: LoopState, schedule: Schedule, eta_seconds: float | None = None) -> Progress:
+    """Where the loop is, and the latest validation scores: what a client polling the job sees."""
+    latest = state.curves[-1]
+    return Progress(
+        "training",
+        epoch=schedule.epoch(state.step),
+        step=state.step,
+        total_steps=schedule.total_steps,
+        eta_seconds=eta_seconds,
+        metrics={"val_macro_f1": latest.val_macro_f1, "val_loss": latest.val_loss},
+    )
+
+
 def save_live_curves(state: LoopState, output_dir: Path) -> None:
     """The curves so far, for whoever watches the run (``GET /jobs/{id}/curves``); ``save_run`` writes the last."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -602,15 +615,7 @@ def fine_tune(
         state = restore_checkpoint(checkpoint, model, optimization, selector, generator)
         trained_before = checkpoint.train_seconds
         on_progress = _marked_resumed(on_progress, state.epochs_completed + 1)
-        on_progress(
-            Progress(
-                "training",
-                epoch=schedule.epoch(state.step),
-                step=state.step,
-                total_steps=schedule.total_steps,
-                metrics={"val_macro_f1": state.curves[-1].val_macro_f1, "val_loss": state.curves[-1].val_loss},
-            )
-        )
+        on_progress(training_progress(state, schedule))
         del checkpoint  # its tensors were copied into the model and the optimizer; the best weights stay
     save_live_curves(state, Path(output_dir))  # after a resume: drops points evaluated after the checkpoint
     train_started = time.perf_counter()
@@ -645,16 +650,7 @@ def fine_tune(
                 state.window = RunningLoss()
                 save_live_curves(state, Path(output_dir))
             elapsed = trained_before + time.perf_counter() - train_started
-            on_progress(
-                Progress(
-                    "training",
-                    epoch=schedule.epoch(state.step),
-                    step=state.step,
-                    total_steps=schedule.total_steps,
-                    eta_seconds=elapsed / state.step * (schedule.total_steps - state.step),
-                    metrics={"val_macro_f1": state.curves[-1].val_macro_f1, "val_loss": state.curves[-1].val_loss},
-                )
-            )
+            on_progress(training_progress(state, schedule, elapsed / state.step * (schedule.total_steps - state.step)))
             if state.step >= schedule.total_steps or state.selector.should_stop:
                 break
         else:  # the epoch ran out with training still to do: the point a run resumes from
