@@ -235,11 +235,13 @@ def test_a_product_engineer_fine_tunes_tries_promotes_and_rolls_back_in_the_brow
     label = visible(browser, "#try-label").text
     answered = httpx.post(
         f"{console_server.url}/predict",
-        json={"texts": ["win cash prize claim now urgent"], "model": "team-a/spam"},
+        json={"texts": ["win cash prize claim now urgent"], "model": "team-a/spam", "version": new_version},
         headers=bearer("team-a"),
         timeout=30,
     ).json()["predictions"][0]
     assert label == answered["label"] == "spam"
+    # pinned to the version the link opened: unpinned, the API may still serve the worker's cached current version
+    assert f"version {new_version}" in text_of(browser, "#try-result")
     assert float(text_of(browser, "#try-confidence")) == pytest.approx(answered["confidence"], abs=1e-3)
     assert "Class probabilities" in text_of(browser, "#try-result")
 
