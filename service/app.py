@@ -224,7 +224,10 @@ def create_app(settings: Settings) -> FastAPI:
                 )
         name = ModelName.parse(body.model) if body.model else fitgate.pool.default_model()
         fitgate.auth.require_model_access(caller, name)
-        if body.version is not None and body.version != fitgate.registry.current(name):
+        served = fitgate.pool.loaded(name)
+        # a pinned version is answered by that version: the one this worker serves, else as a trial (this worker
+        # may still serve the previous current version for up to model_refresh_seconds after a promotion)
+        if body.version is not None and (served is None or body.version != served.version):
             answers = await fitgate.pool.predict_version(name, body.version, body.texts)
             return PredictResponse(
                 model=str(name), version=body.version, predictions=[PredictionOut(**a.__dict__) for a in answers]

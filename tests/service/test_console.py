@@ -240,7 +240,7 @@ def test_a_product_engineer_fine_tunes_tries_promotes_and_rolls_back_in_the_brow
         timeout=30,
     ).json()["predictions"][0]
     assert label == answered["label"] == "spam"
-    # pinned to the version the link opened: unpinned, the API may still serve the worker's cached current version
+    # the version the link opened answers (the worker may not have switched to it yet: it is answered as pinned)
     assert f"version {new_version}" in text_of(browser, "#try-result")
     assert float(text_of(browser, "#try-confidence")) == pytest.approx(answered["confidence"], abs=1e-3)
     assert "Class probabilities" in text_of(browser, "#try-result")

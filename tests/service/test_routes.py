@@ -224,6 +224,21 @@ def test_a_version_other_than_the_served_one_can_be_tried_and_is_not_monitored(
     assert (other_team.status_code, missing.status_code) == (403, 404)
 
 
+def test_a_pinned_version_answers_even_before_this_worker_switched_to_it(settings: Settings, healthy_run: Path) -> None:
+    name = ModelName.parse("team-a/spam")
+    registry = open_registry(settings)
+    first = release(healthy_run, name, settings, registry, promote=True).version
+    texts = {"texts": ["win cash prize now"], "model": "team-a/spam"}
+    slow_refresh = settings.model_copy(update={"model_refresh_seconds": 60.0})
+    with TestClient(attach(create_app(slow_refresh), Fitgate(slow_refresh)), client=("127.0.0.1", 5000)) as client:
+        assert client.post("/predict", json=texts).json()["version"] == first  # this worker now serves it
+        second = release(healthy_run, name, settings, registry, promote=True).version  # current, not yet served
+        pinned = client.post("/predict", json={**texts, "version": second}).json()
+        unpinned = client.post("/predict", json=texts).json()
+    assert pinned["version"] == second
+    assert unpinned["version"] == first  # until the refresh, as the predict path documents
+
+
 def test_a_finished_job_says_done_and_keeps_where_training_ended(client: TestClient) -> None:
     fitgate: Fitgate = client.app.state.fitgate  # type: ignore[attr-defined]
     job_id = str(upload(client)["job_id"])
