@@ -115,6 +115,18 @@ class TrainingArguments(BaseModel):
     early_stopping_threshold: float = Field(
         0.001, ge=0.0, description="Smallest validation macro-F1 gain that counts as progress."
     )
+    plateau_patience: int | None = Field(
+        1,
+        ge=1,
+        description="Once the curve has flattened (see plateau_gain), stop after this many evaluations without "
+        "gain instead of early_stopping_patience (None: always wait early_stopping_patience).",
+    )
+    plateau_gain: float = Field(
+        0.005,
+        ge=0.0,
+        description="The curve counts as flattened when the best evaluation gained less than this validation "
+        "macro-F1 over every evaluation before it.",
+    )
     load_best_model_at_end: bool = Field(
         True, description="Restore the checkpoint with the best validation macro-F1 at the end."
     )
@@ -171,6 +183,12 @@ class TrainingArguments(BaseModel):
     # --- runtime ---------------------------------------------------------------------------
     seed: int = Field(0, ge=0, description="One seed for splits, sampler, augmentation and initialization.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when available.")
+    cpu_bf16: bool = Field(
+        False,
+        description="On a CPU with native bf16 matrix units (AMX, AVX512-BF16), train and score under bf16 "
+        "autocast; fp32 on other CPUs either way. Off by default: its quality has not yet been measured on such "
+        "a CPU (GPUs always use bf16).",
+    )
 
     @model_validator(mode="after")
     def _splits_leave_training_data(self) -> TrainingArguments:

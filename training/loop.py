@@ -77,13 +77,20 @@ def _configure_runtime(device: torch.device, seed: int) -> None:
         torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+def cpu_has_bf16_units() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AMX or AVX512-BF16): elsewhere bf16 is emulated, slower."""
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("amx_bf16") or capabilities.get("avx512_bf16"))
+
+
+def autocast_dtype(device: torch.device, cpu_bf16: bool = False) -> torch.dtype | None:
+    """bf16 (fp16 on GPUs without it) on a GPU; on a CPU, bf16 only when asked for and native, else fp32."""
     if device.type != "cuda":
-        return None  # CPU autocast to bf16 is slower than fp32 on most CPUs and hurts accuracy
+        return torch.bfloat16 if cpu_bf16 and cpu_has_bf16_units() else None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+def mixed_precision(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
     """Mixed precision when ``dtype`` is set, plain fp32 otherwise (the same rule in training and scoring)."""
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
@@ -247,7 +254,7 @@ def score(model: PreTrainedModel, data: Encoded, config: EvaluationConfig) -> tu
     logits = np.zeros((len(data), int(model.config.num_labels or 0)), dtype=np.float32)
     batches = batching.evaluation_batches(data.ids, data.labels, batch_size=config.batch_size, pad_id=config.pad_id)
     for batch in batches:
-        with _autocast(config.device, config.autocast):
+        with mixed_precision(config.device, config.autocast):
             out = model(
                 input_ids=batch.input_ids.to(config.device), attention_mask=batch.attention_mask.to(config.device)
             )
@@ -306,18 +313,32 @@ class CheckpointSelector:
     """Keeps the best checkpoint offered so far and counts the evaluations since it (early stopping).
 
     The untrained start (step 0) is never offered: it is the curve's reference point, and any
-    trained checkpoint replaces it.
+    trained checkpoint replaces it. Once the curve has flattened (the best evaluation gained less
+    than ``plateau_gain`` validation macro-F1 over every evaluation before it), ``plateau_patience``
+    evaluations without gain end the run instead of ``patience``: waiting longer on a plateau
+    buys a run time, rarely a better checkpoint.
     """
 
-    def __init__(self, *, patience: int | None, threshold: float) -> None:
+    def __init__(
+        self,
+        *,
+        patience: int | None,
+        threshold: float,
+        plateau_patience: int | None = None,
+        plateau_gain: float = 0.0,
+    ) -> None:
         self.patience = patience
         self.threshold = threshold
+        self.plateau_patience = plateau_patience
+        self.plateau_gain = plateau_gain
         self.best: CurvePoint | None = None
         self.evals_without_gain = 0
         self._best_state: dict[str, torch.Tensor] | None = None
+        self._offered: list[CurvePoint] = []
 
     def offer(self, point: CurvePoint, model: torch.nn.Module) -> bool:
         """Keep a copy of ``model``'s weights if ``point`` beats the best so far; return whether it did."""
+        self._offered.append(point)
         if self.best is None or is_better(point, self.best, self.threshold):
             self.best, self.evals_without_gain = point, 0
             self._best_state = copy.deepcopy(model.state_dict())
@@ -326,8 +347,24 @@ class CheckpointSelector:
         return False
 
     @property
+    def best_gain(self) -> float | None:
+        """The best evaluation's validation macro-F1 gain over every one offered before it (None: it was first)."""
+        if self.best is None:
+            return None
+        before = [p.val_macro_f1 for p in self._offered if p.step < self.best.step]
+        return self.best.val_macro_f1 - max(before) if before else None
+
+    @property
+    def on_plateau(self) -> bool:
+        gain = self.best_gain
+        return self.plateau_patience is not None and gain is not None and gain < self.plateau_gain
+
+    @property
     def should_stop(self) -> bool:
-        return self.patience is not None and self.evals_without_gain >= self.patience
+        if self.patience is None:
+            return False
+        limit = min(self.patience, self.plateau_patience or self.patience) if self.on_plateau else self.patience
+        return self.evals_without_gain >= limit
 
     @property
     def best_weights(self) -> dict[str, torch.Tensor] | None:
@@ -335,10 +372,15 @@ class CheckpointSelector:
         return self._best_state
 
     def resume(
-        self, best: CurvePoint | None, evals_without_gain: int, best_weights: dict[str, torch.Tensor] | None
+        self,
+        best: CurvePoint | None,
+        evals_without_gain: int,
+        best_weights: dict[str, torch.Tensor] | None,
+        curves: list[CurvePoint],
     ) -> None:
-        """Take the selection up where a checkpoint of the same run left it."""
+        """Take the selection up where a checkpoint of the same run left it (``curves``: its points so far)."""
         self.best, self.evals_without_gain, self._best_state = best, evals_without_gain, best_weights
+        self._offered = [p for p in curves if p.step > 0]
 
     def restore_best(self, model: torch.nn.Module) -> CurvePoint:
         """Load the best weights back into ``model``; return their curve point."""
@@ -353,17 +395,31 @@ class CheckpointSelector:
 
 @dataclass
 class RunningLoss:
-    """The training objective and throughput since the last evaluation."""
+    """The training objective and throughput since the last evaluation.
 
-    total: float = 0.0
+    The losses are summed where they are computed (float64, on the device) and read once per
+    evaluation: a ``loss.item()`` per step would make the host wait for every GPU step.
+    """
+
+    summed_before: float = 0.0  # the part already read back (a resumed window's)
     count: int = 0
     samples: int = 0
     started: float = field(default_factory=time.perf_counter)
+    on_device: torch.Tensor | None = None
 
-    def add(self, loss: float, samples: int) -> None:
-        self.total += loss
+    def add(self, loss: torch.Tensor, samples: int) -> None:
+        term = loss.detach().to(torch.float64)
+        self.on_device = term if self.on_device is None else self.on_device + term
         self.count += 1
         self.samples += samples
+
+    @property
+    def total(self) -> float:
+        """The summed loss (a host sync when it is still on the device)."""
+        if self.on_device is not None:
+            self.summed_before += float(self.on_device)
+            self.on_device = None
+        return self.summed_before
 
     @property
     def mean(self) -> float:
@@ -455,7 +511,7 @@ def restore_checkpoint(
     optimization.scheduler.load_state_dict(checkpoint.scheduler)
     if checkpoint.scaler:  # empty from a run without fp16 loss scaling (CPU, bf16)
         optimization.scaler.load_state_dict(checkpoint.scaler)
-    selector.resume(checkpoint.best, checkpoint.evals_without_gain, checkpoint.best_weights)
+    selector.resume(checkpoint.best, checkpoint.evals_without_gain, checkpoint.best_weights, checkpoint.curves)
     window = checkpoint.window
     checkpoint.random.restore(generator)
     return LoopState(
@@ -564,7 +620,7 @@ def fine_tune(
     # setup
     device = pick_device(args.device)
     _configure_runtime(device, args.seed)
-    autocast = _autocast_dtype(device)
+    autocast = autocast_dtype(device, args.cpu_bf16)
 
     # data
     splits, data_report = load_splits(Path(data_path), args, validation_path, test_path)
@@ -607,7 +663,12 @@ def fine_tune(
         )
 
     # loop, from the start or from the checkpoint
-    selector = CheckpointSelector(patience=args.early_stopping_patience, threshold=args.early_stopping_threshold)
+    selector = CheckpointSelector(
+        patience=args.early_stopping_patience,
+        threshold=args.early_stopping_threshold,
+        plateau_patience=args.plateau_patience,
+        plateau_gain=args.plateau_gain,
+    )
     if checkpoint is None:
         state = LoopState(selector=selector, curves=[evaluate_at(0)])
         trained_before = 0.0
@@ -633,7 +694,7 @@ def fine_tune(
                 raise TrainingCancelled(
                     f"cancelled at step {state.step} of {schedule.total_steps}; nothing was exported"
                 )
-            with _autocast(device, autocast):
+            with mixed_precision(device, autocast):
                 logits = model(
                     input_ids=batch.input_ids.to(device, non_blocking=True),
                     attention_mask=batch.attention_mask.to(device, non_blocking=True),
@@ -641,7 +702,7 @@ def fine_tune(
             loss = objective(logits, batch.labels.to(device, non_blocking=True))
             optimization.step(loss, model.parameters())
             state.step += 1
-            state.window.add(loss.item(), len(batch.indices))  # a device sync per step; cheap next to backward
+            state.window.add(loss, len(batch.indices))
 
             if state.step % schedule.eval_every == 0 or state.step == schedule.total_steps:
                 point = evaluate_at(state.step, state.window)
@@ -753,7 +814,7 @@ def score_test_split(path: Path) -> SplitScores | None:
     index = {name: i for i, name in enumerate(run.label_names)}
     data = Encoded(batching.encode(tokenizer, test.texts, args.max_length), [index[y] for y in test.labels])
     config = EvaluationConfig(
-        args.per_device_eval_batch_size, int(tokenizer.pad_token_id or 0), device, _autocast_dtype(device)
+        args.per_device_eval_batch_size, int(tokenizer.pad_token_id or 0), device, autocast_dtype(device, args.cpu_bf16)
     )
     logits, _ = score(model, data, config)
     scores = Calibration(run.temperature, run.class_bias).scores(logits, np.array(data.labels), run.label_names)

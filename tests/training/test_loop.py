@@ -102,6 +102,7 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_checkpoint(
         num_train_epochs=30,
         early_stopping_patience=2,
         early_stopping_threshold=0.0,
+        plateau_patience=None,  # the plain patience rule; the plateau rule has its own tests below
         test_size=0.0,
         validation_size=0.2,
     )
@@ -216,6 +217,39 @@ def test_a_gain_resets_the_patience_count() -> None:
     for step, f1 in ((10, 0.5), (20, 0.4), (30, 0.6), (40, 0.5)):
         selector.offer(_point(step, f1, 0.5), model)
     assert not selector.should_stop and selector.evals_without_gain == 1
+
+
+def test_on_a_flattened_curve_one_evaluation_without_gain_ends_the_run() -> None:
+    model = torch.nn.Linear(2, 2)
+    selector = CheckpointSelector(patience=2, threshold=0.001, plateau_patience=1, plateau_gain=0.005)
+    for step, f1 in ((10, 0.90), (20, 0.95), (30, 0.953)):  # the last gain, 0.003, is below 0.005
+        assert selector.offer(_point(step, f1, 0.5), model)
+    assert selector.best_gain == pytest.approx(0.003) and selector.on_plateau
+    assert not selector.offer(_point(40, 0.951, 0.5), model)
+    assert selector.should_stop and selector.evals_without_gain == 1
+
+
+def test_a_curve_still_climbing_keeps_the_full_patience() -> None:
+    model = torch.nn.Linear(2, 2)
+    selector = CheckpointSelector(patience=2, threshold=0.001, plateau_patience=1, plateau_gain=0.005)
+    for step, f1 in ((10, 0.70), (20, 0.80), (30, 0.79)):
+        selector.offer(_point(step, f1, 0.5), model)
+    assert selector.best_gain == pytest.approx(0.10) and not selector.on_plateau
+    assert not selector.should_stop  # one evaluation without gain after a 10-point gain: wait for the second
+    selector.offer(_point(40, 0.78, 0.5), model)
+    assert selector.should_stop
+
+
+def test_a_resumed_selection_judges_the_plateau_from_the_curve_so_far() -> None:
+    model = torch.nn.Linear(2, 2)
+    points = [_point(0, 0.1, 2.0), _point(10, 0.90, 0.5), _point(20, 0.902, 0.4), _point(30, 0.90, 0.5)]
+    whole = CheckpointSelector(patience=2, threshold=0.001, plateau_patience=1, plateau_gain=0.005)
+    for p in points[1:]:
+        whole.offer(p, model)
+    resumed = CheckpointSelector(patience=2, threshold=0.001, plateau_patience=1, plateau_gain=0.005)
+    resumed.resume(whole.best, whole.evals_without_gain, whole.best_weights, points)
+    assert resumed.best_gain == whole.best_gain == pytest.approx(0.002)
+    assert resumed.should_stop == whole.should_stop is True
 
 
 def test_without_patience_the_run_never_stops_early() -> None:
