@@ -251,7 +251,7 @@ def markdown(report: dict[str, Any]) -> str:
         mfu = f"{100 * t['mfu']:.1f}%" if t["mfu"] is not None else "n/a (CPU)"
         lines.append(
             f"| {t['model']} | {t['variant']} | {t['batch_size']} | {t['precision']} | "
-            f"{t["non_embedding_parameters"] / 1e6:.2f}M | {t['samples_per_second']:,.0f} | {memory} | {mfu} |"
+            f"{t['non_embedding_parameters'] / 1e6:.2f}M | {t['samples_per_second']:,.0f} | {memory} | {mfu} |"
         )
     ft = report["fine_tune"]
     lines += [
