@@ -132,9 +132,18 @@ def encode_splits(splits: Splits, tokenizer: PreTrainedTokenizerBase, max_length
     return EncodedSplits(label_names, encode(splits.train), encode(splits.validation), test)
 
 
+TRAIN_EVAL_ROWS = (256, 1000)  # the default training subset: the validation split's size, within these bounds
+
+
 def train_eval_subset(train: Encoded, size: int, generator: torch.Generator) -> Encoded:
     """The fixed training rows re-scored in eval mode at each evaluation (the generalization gap)."""
     return train.subset(sorted(torch.randperm(len(train), generator=generator)[:size].tolist()))
+
+
+def train_eval_rows(args: TrainingArguments, validation_rows: int) -> int:
+    """``train_eval_size``, or by default as many rows as validation has (within ``TRAIN_EVAL_ROWS``)."""
+    low, high = TRAIN_EVAL_ROWS
+    return args.train_eval_size or min(high, max(low, validation_rows))
 
 
 # --- optimizer, schedule, loss ---------------------------------------------------------------
@@ -628,7 +637,7 @@ def fine_tune(
     tokenizer = modeling.load_tokenizer(base_model)
     data = encode_splits(splits, tokenizer, args.max_length)
     generator = torch.Generator().manual_seed(args.seed)  # the subset, then the sampler and augmentation
-    train_subset = train_eval_subset(data.train, args.train_eval_size, generator)
+    train_subset = train_eval_subset(data.train, train_eval_rows(args, len(data.validation)), generator)
 
     # model
     model = modeling.load_classifier(base_model, data.label_names, dropout=args.dropout, seed=args.seed)
