@@ -254,9 +254,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"{t['non_embedding_parameters'] / 1e6:.2f}M | {t['samples_per_second']:,.0f} | {memory} | {mfu} |"
         )
     ft = report["fine_tune"]
+    how = "defaults" if report["mode"] == "full" else "1 epoch, no label audit"
     lines += [
         "",
-        f"Fine-tune of sms_spam ({ft['rows']} rows, defaults, on {ft['device']}): validation macro-F1 "
+        f"Fine-tune of sms_spam ({ft['rows']} rows, {how}, on {ft['device']}): validation macro-F1 "
         f"{ft['validation_macro_f1']:.4f}, test macro-F1 {ft['test_macro_f1']:.4f}, {ft['wall_seconds']:.0f} s wall "
         f"({ft['epochs_run']:g} epochs, epoch {ft['selected_epoch']:g} selected).",
         "",
