@@ -183,7 +183,7 @@ def test_the_training_arguments_are_listed_with_defaults_and_descriptions_but_no
     client: TestClient,
 ) -> None:
     arguments = client.get("/finetune/arguments").json()
-    assert arguments["num_train_epochs"]["default"] == 6 and arguments["num_train_epochs"]["description"]
+    assert arguments["num_train_epochs"]["default"] == 3 and arguments["num_train_epochs"]["description"]
     assert "learning_rate" in arguments and "base_model" not in arguments
 
 
