@@ -104,8 +104,15 @@ class Settings(BaseSettings):
     """Worker processes serving HTTP; each holds its own copy of the models it serves."""
     batch_max_size: int = Field(64, ge=1, le=1024)
     """Texts the predict batcher groups into one ONNX Runtime call."""
-    batch_max_wait_ms: float = Field(2.0, ge=0.0, le=100.0)
-    """How long the batcher waits for more requests before running a partial batch."""
+    batch_max_wait_ms: float = Field(0.0, ge=0.0, le=100.0)
+    """How long the batcher waits for more requests before running a partial batch. 0: none; a batch is
+    what queued while the inference threads were busy, so a lone request runs at once (a 2 ms wait cost
+    a third of the throughput at concurrency 1, docs/BENCHMARKS.md). Raise it where bigger batches are
+    much cheaper per text (a GPU)."""
+    inference_threads: int | None = Field(None, ge=1, le=256)
+    """ONNX Runtime calls one worker runs at once, each on CPUs / inference_threads cores. Default: the
+    worker's share of the CPUs (CPUs / workers), one core each: on a small CPU model several one-core
+    calls beat one call spread over all cores, whose threads wait for each other."""
     model_refresh_seconds: float = Field(1.0, gt=0.0, le=60.0)
     """How often every worker checks the registry for a newly promoted version."""
     upload_retention_days: float = Field(7.0, ge=0.0)

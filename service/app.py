@@ -222,7 +222,7 @@ def create_app(settings: Settings) -> FastAPI:
                     f"texts[{i}] has {len(text):,} characters; the limit is {limits.max_chars_per_text:,} "
                     "(FITGATE_MAX_CHARS_PER_TEXT)"
                 )
-        name = ModelName.parse(body.model) if body.model else fitgate.pool.default_model()
+        name = ModelName.parse(body.model) if body.model else await fitgate.pool.default_model()
         fitgate.auth.require_model_access(caller, name)
         served = fitgate.pool.loaded(name)
         # a pinned version is answered by that version: the one this worker serves, else as a trial (this worker
@@ -378,6 +378,7 @@ def create_app(settings: Settings) -> FastAPI:
         model = ModelName.parse(f"{team}/{name}")
         fitgate.auth.require_model_access(caller, model)
         fitgate.registry.promote(model, body.version)
+        fitgate.pool.forget_latest()
         return PointerOut(model=str(model), current=body.version)
 
     @app.post("/models/{team}/{name}/rollback", responses=errors(409))
@@ -386,7 +387,9 @@ def create_app(settings: Settings) -> FastAPI:
     ) -> PointerOut:
         model = ModelName.parse(f"{team}/{name}")
         fitgate.auth.require_model_access(caller, model)
-        return PointerOut(model=str(model), current=fitgate.registry.rollback(model))
+        current = fitgate.registry.rollback(model)
+        fitgate.pool.forget_latest()
+        return PointerOut(model=str(model), current=current)
 
     add_console(app)
     return app

@@ -15,6 +15,7 @@ model's own class labels, the detector names, job statuses and gate verdicts.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable
 
@@ -59,6 +60,15 @@ UNKNOWN_TOKENS = Counter("fitgate_unknown_tokens_total", "Input tokens the token
 PREDICT_LATENCY = Histogram(
     "fitgate_predict_request_duration_seconds", "Time to answer POST /predict.", ["model"], buckets=LATENCY_BUCKETS
 )
+# what the batcher makes of the traffic, beside the request latency: where a slow answer waits
+BATCH_TEXTS = Histogram(
+    "fitgate_inference_batch_texts", "Texts per model call (requests merged by the batcher).", ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)  # fmt: skip
+INFERENCE_LATENCY = Histogram(
+    "fitgate_inference_duration_seconds", "Time of one model call: tokenizer, ONNX Runtime, calibration.", ["model"],
+    buckets=LATENCY_BUCKETS,
+)  # fmt: skip
 
 LOW_CONFIDENCE_THRESHOLD = Gauge(
     "fitgate_low_confidence_threshold", "The model's low-confidence threshold.", MODEL, multiprocess_mode="livemax"
@@ -127,11 +137,13 @@ def reference_arrays(statistics: ReferenceStatistics) -> Reference:
 class ModelMonitor:
     """Metrics and drift detectors of one served model version; ``observe`` after every batch.
 
-    Not thread-safe: the model's batcher calls ``observe`` for one batch at a time.
+    The batcher runs several batches at once (``inference_threads``); ``observe`` takes them one at a
+    time, as the detectors' running statistics need.
     """
 
     def __init__(self, model: str, version: str, spec: BundleSpec, served_graph: str, settings: Settings) -> None:
         self.model, self.version = model, version
+        self._observing = threading.Lock()
         statistics = spec.reference_int8 if served_graph == spec.onnx_int8 and spec.reference_int8 else spec.reference
         self.low_confidence_threshold = statistics.low_confidence_threshold
         self.reference_confidence = np.sort(np.asarray(statistics.confidence_sample, dtype=float))
@@ -176,6 +188,10 @@ class ModelMonitor:
 
     def observe(self, batch: Predictions) -> None:
         """Record one batch of predictions: O(1) per text per detector, plus O(K) for the probability vector."""
+        with self._observing:
+            self._observe(batch)
+
+    def _observe(self, batch: Predictions) -> None:
         confidence = batch.confidence
         detectors = self.detectors
         for i, predicted in enumerate(batch.chosen.tolist()):
@@ -218,12 +234,18 @@ class ModelMonitor:
 
     def retire(self) -> None:
         """This version is no longer served here: its gauges drop to 0 (multiprocess files keep the series)."""
-        self.retired = True
-        labels = (self.model, self.version)
-        MODEL_LOADED.labels(*labels).set(0)
-        for name in DETECTORS:
-            DRIFT_DETECTED.labels(*labels, name).set(0)
-            DRIFT_STATISTIC.labels(*labels, name).set(0)
+        with self._observing:  # a batch still being observed cannot set them again
+            self.retired = True
+            labels = (self.model, self.version)
+            MODEL_LOADED.labels(*labels).set(0)
+            for name in DETECTORS:
+                DRIFT_DETECTED.labels(*labels, name).set(0)
+                DRIFT_STATISTIC.labels(*labels, name).set(0)
+
+
+def record_inference(model: str, texts: int, seconds: float) -> None:
+    BATCH_TEXTS.labels(model).observe(texts)
+    INFERENCE_LATENCY.labels(model).observe(seconds)
 
 
 def record_current_versions(current: dict[str, str], previous: dict[str, str]) -> None:

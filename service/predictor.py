@@ -6,9 +6,9 @@ version is loaded and verified completely before it replaces the old one, so a r
 is always answered by one complete version, and in-flight requests finish on the one
 they started with.
 
-Concurrent requests for one model are merged into one ONNX Runtime call (up to
-``batch_max_size`` texts, waiting at most ``batch_max_wait_ms``); inside the call texts are
-sorted by length so each sub-batch is padded only to its own longest text.
+Concurrent requests for one model are merged into ONNX Runtime calls (up to ``batch_max_size``
+texts; ``inference_threads`` calls at once, each on its share of the cores); inside a call texts
+are sorted by length so each sub-batch is padded only to its own longest text.
 """
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ import contextlib
 import ctypes
 import gc
 import logging
+import time
 from dataclasses import dataclass, field
 
+from fitgate.devices import usable_cpus
 from fitgate.errors import ModelNotFound, NoModelDeployed
 from fitgate.settings import Settings
 from models.names import ModelName
 from models.registry import Registry
 from models.runtime import OnnxClassifier, Prediction
-from service.monitoring import MODELS_LOADED, ModelMonitor, record_current_versions
+from service.monitoring import MODELS_LOADED, ModelMonitor, record_current_versions, record_inference
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +49,45 @@ class LoadedModel:
 
 
 class Batcher:
-    """Runs one model's queued requests in merged batches on a worker thread."""
+    """Runs one model's queued requests in merged batches, up to ``concurrency`` batches at once on worker threads.
 
-    def __init__(self, max_size: int, max_wait_ms: float) -> None:
+    A batch starts as soon as an inference thread is free and holds what queued meanwhile (up to
+    ``max_size`` texts, then waiting up to ``max_wait_ms`` for more): under load the batches grow by
+    themselves, and a lone request never waits for company.
+    """
+
+    def __init__(self, max_size: int, max_wait_ms: float, concurrency: int = 1) -> None:
         self.max_size = max_size
         self.max_wait = max_wait_ms / 1000
+        self.concurrency = concurrency
 
     async def run(self, model: LoadedModel) -> None:
-        """Serve the queue until the retirement marker, answering everything queued before it."""
+        """Serve the queue until the retirement marker; return once everything queued before it is answered."""
+        free = asyncio.Semaphore(self.concurrency)
+        running: set[asyncio.Task[None]] = set()
         retiring = False
-        while not retiring:
-            first = await model.queue.get()
-            if first is None:
-                return
-            batch = [first]
-            size = len(first.texts)
-            deadline = asyncio.get_running_loop().time() + self.max_wait
-            while size < self.max_size:
+        try:
+            while not retiring:
+                await free.acquire()
+                first = await model.queue.get()
+                if first is None:
+                    free.release()
+                    break
+                batch, retiring = await self._gather(model, first)
+                task = asyncio.create_task(_answer(model, batch))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                task.add_done_callback(lambda _: free.release())
+        finally:
+            if running:
+                await asyncio.wait(set(running))
+
+    async def _gather(self, model: LoadedModel, first: _Pending) -> tuple[list[_Pending], bool]:
+        """``first`` and what is queued behind it, up to the size limit; True when the retirement marker came."""
+        batch, size = [first], len(first.texts)
+        deadline = asyncio.get_running_loop().time() + self.max_wait
+        while size < self.max_size:
+            if model.queue.empty():
                 timeout = deadline - asyncio.get_running_loop().time()
                 if timeout <= 0:
                     break
@@ -71,25 +95,31 @@ class Batcher:
                     item = await asyncio.wait_for(model.queue.get(), timeout)
                 except TimeoutError:
                     break
-                if item is None:
-                    retiring = True
-                    break
-                batch.append(item)
-                size += len(item.texts)
-            texts = [t for item in batch for t in item.texts]
-            try:
-                answers = await asyncio.to_thread(_classify_and_observe, model, texts)
-            except Exception as exc:  # one failed batch fails its requests, never the batcher
-                log.exception("prediction failed for %s:%s", model.name, model.version)
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            start = 0
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_result(answers[start : start + len(item.texts)])
-                start += len(item.texts)
+            else:
+                item = model.queue.get_nowait()
+            if item is None:
+                return batch, True
+            batch.append(item)
+            size += len(item.texts)
+        return batch, False
+
+
+async def _answer(model: LoadedModel, batch: list[_Pending]) -> None:
+    """One ONNX Runtime call for the batch; each request gets its own slice, or the call's error."""
+    texts = [t for item in batch for t in item.texts]
+    try:
+        answers = await asyncio.to_thread(_classify_and_observe, model, texts)
+    except Exception as exc:  # one failed batch fails its requests, never the batcher
+        log.exception("prediction failed for %s:%s", model.name, model.version)
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(exc)
+        return
+    start = 0
+    for item in batch:
+        if not item.future.done():
+            item.future.set_result(answers[start : start + len(item.texts)])
+        start += len(item.texts)
 
 
 def release_freed_memory() -> None:
@@ -104,8 +134,10 @@ def release_freed_memory() -> None:
 
 
 def _classify_and_observe(model: LoadedModel, texts: list[str]) -> list[Prediction]:
+    started = time.perf_counter()
     predictions = model.classifier.predict(texts)
     try:
+        record_inference(str(model.name), len(texts), time.perf_counter() - started)
         model.monitor.observe(predictions)
     except Exception:  # monitoring never costs a prediction
         log.exception("monitoring failed for %s:%s", model.name, model.version)
@@ -116,24 +148,40 @@ class ModelPool:
     def __init__(self, registry: Registry, settings: Settings) -> None:
         self.registry = registry
         self.settings = settings
-        self.batcher = Batcher(settings.batch_max_size, settings.batch_max_wait_ms)
+        # one-core calls side by side: each worker's share of the CPUs, one call per core by default
+        share = max(1, usable_cpus() // settings.workers)
+        self.inference_threads = settings.inference_threads or share
+        self.threads_per_call = max(1, share // self.inference_threads)
+        self.batcher = Batcher(settings.batch_max_size, settings.batch_max_wait_ms, self.inference_threads)
         self._loaded: dict[ModelName, LoadedModel] = {}
         self._locks: dict[ModelName, asyncio.Lock] = {}
         self._refresher: asyncio.Task[None] | None = None
         self._current: dict[str, str] = {}
         self._trial: tuple[tuple[ModelName, str], OnnxClassifier] | None = None
         self._trial_lock = asyncio.Lock()
+        self._latest: ModelName | None = None  # the latest promoted model, as the refresher last read it
 
-    def default_model(self) -> ModelName:
+    async def default_model(self) -> ModelName:
+        """What /predict answers when no model is named: the configured one, else the latest promoted.
+
+        The latest promoted is read from the registry once and then kept fresh by the refresher (every
+        ``model_refresh_seconds``, like the versions), not queried per request: a database round trip on
+        the event loop cost more CPU than the request's HTTP handling.
+        """
         if self.settings.default_model:
             return ModelName.parse(self.settings.default_model)
-        latest = self.registry.latest_promoted()
-        if latest is None:
+        if self._latest is None:
+            self._latest = await asyncio.to_thread(self.registry.latest_promoted)
+        if self._latest is None:
             raise NoModelDeployed(
                 "no model is deployed yet: upload labelled data to POST /finetune (see the README), "
                 "and predict once its job has succeeded"
             )
-        return latest
+        return self._latest
+
+    def forget_latest(self) -> None:
+        """A pointer moved in this worker (promote, rollback): read the latest promoted model again."""
+        self._latest = None
 
     async def start(self) -> None:
         """Load the default model (when one is deployed) before the first request, and watch the registry."""
@@ -143,7 +191,7 @@ class ModelPool:
     async def _load_default(self) -> None:
         """Load the model /predict answers by default, so its first request finds it warm and /metrics shows it."""
         try:
-            await self.get(self.default_model())
+            await self.get(await self.default_model())
         except (NoModelDeployed, ModelNotFound) as exc:
             log.info("default model not loaded: %s", exc.message)
         except Exception:
@@ -154,7 +202,7 @@ class ModelPool:
 
     async def _load(self, name: ModelName, version: str) -> LoadedModel:
         path = self.registry.bundle_path(name, version)
-        classifier = OnnxClassifier(path)
+        classifier = OnnxClassifier(path, threads=self.threads_per_call, spinning=False)
         await asyncio.to_thread(classifier.load)  # verifies checksums before anything is served
         monitor = await asyncio.to_thread(self._monitor, name, version, classifier)
         model = LoadedModel(name, version, classifier, monitor)
@@ -195,7 +243,9 @@ class ModelPool:
                 trial = self._trial
                 if trial is None or trial[0] != (name, version):
                     self._trial = None
-                    classifier = OnnxClassifier(self.registry.bundle_path(name, version))
+                    classifier = OnnxClassifier(
+                        self.registry.bundle_path(name, version), threads=self.threads_per_call, spinning=False
+                    )
                     await asyncio.to_thread(classifier.load)
                     trial = self._trial = ((name, version), classifier)
         predictions = await asyncio.to_thread(trial[1].predict, texts)
@@ -218,6 +268,7 @@ class ModelPool:
             await asyncio.sleep(self.settings.model_refresh_seconds)
             try:
                 current = await asyncio.to_thread(self.registry.current_versions)
+                self._latest = await asyncio.to_thread(self.registry.latest_promoted)
             except Exception:
                 log.exception("could not read the registry; still serving the loaded versions")
                 continue

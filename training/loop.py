@@ -14,7 +14,6 @@ import copy
 import hashlib
 import logging
 import math
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -28,6 +27,7 @@ from numpy.typing import NDArray
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
+from fitgate.devices import usable_cpus
 from fitgate.errors import DeviceUnavailable, TrainingCancelled
 from training import batching, evaluation, losses, modeling
 from training.arguments import TrainingArguments
@@ -74,7 +74,7 @@ def _configure_runtime(device: torch.device, seed: int) -> None:
         torch.backends.cudnn.allow_tf32 = True
     else:
         # use every core this process may run on (torch defaults to physical cores only)
-        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        torch.set_num_threads(usable_cpus())
 
 
 def cpu_has_bf16_units() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -122,5 +123,72 @@ def test_retirement_answers_everything_queued_before_it_then_stops() -> None:
         model.queue.put_nowait(None)
         await Batcher(max_size=2, max_wait_ms=5).run(model)  # returns once retired
         assert [await p for p in pending] == [[f"t{i}"] for i in range(5)]
+
+    asyncio.run(scenario())
+
+
+class MeetingClassifier(CountingClassifier):
+    """Each call waits (up to 5 s) until ``parties`` calls are inside at once: only concurrent calls get through."""
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        self.barrier = threading.Barrier(parties, timeout=5)
+
+    def predict(self, texts: list[str]) -> _EchoPredictions:
+        self.barrier.wait()
+        return super().predict(texts)
+
+
+def test_with_two_inference_threads_two_batches_run_at_once() -> None:
+    async def scenario() -> None:
+        classifier = MeetingClassifier(parties=2)
+        model = _model(classifier)
+        task = asyncio.create_task(Batcher(max_size=1, max_wait_ms=0, concurrency=2).run(model))
+        assert await asyncio.gather(_ask(model, ["a"]), _ask(model, ["b"])) == [["a"], ["b"]]
+        task.cancel()
+
+    asyncio.run(scenario())
+
+
+class GatedClassifier(CountingClassifier):
+    """The first call holds until ``release`` is set, so that requests queue behind it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def predict(self, texts: list[str]) -> _EchoPredictions:
+        if not self.calls:
+            self.started.set()
+            self.release.wait(5)
+        return super().predict(texts)
+
+
+def test_requests_that_queue_while_the_model_is_busy_go_in_one_batch_without_a_wait() -> None:
+    async def scenario() -> None:
+        classifier = GatedClassifier()
+        model = _model(classifier)
+        task = asyncio.create_task(Batcher(max_size=64, max_wait_ms=0).run(model))
+        first = asyncio.create_task(_ask(model, ["first"]))
+        await asyncio.to_thread(classifier.started.wait, 5)
+        queued = [asyncio.create_task(_ask(model, [f"q{i}"])) for i in range(3)]
+        await asyncio.sleep(0.05)
+        classifier.release.set()
+        assert await first == ["first"] and [await q for q in queued] == [["q0"], ["q1"], ["q2"]]
+        assert classifier.calls == [["first"], ["q0", "q1", "q2"]]
+        task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_retirement_waits_for_the_batches_still_running() -> None:
+    async def scenario() -> None:
+        classifier = MeetingClassifier(parties=2)
+        model = _model(classifier)
+        pending = [asyncio.create_task(_ask(model, [t])) for t in ("a", "b")]
+        await asyncio.sleep(0)
+        model.queue.put_nowait(None)
+        await Batcher(max_size=1, max_wait_ms=0, concurrency=2).run(model)
+        assert all(p.done() for p in pending) and [p.result() for p in pending] == [["a"], ["b"]]
 
     asyncio.run(scenario())
