@@ -102,8 +102,11 @@ class Settings(BaseSettings):
     """Characters in one text sent to /predict (longer texts are refused; tokens beyond the model's max are cut)."""
     workers: int = Field(1, ge=1, le=64)
     """Worker processes serving HTTP; each holds its own copy of the models it serves."""
-    batch_max_size: int = Field(64, ge=1, le=1024)
-    """Texts the predict batcher groups into one ONNX Runtime call."""
+    batch_max_size: int | None = Field(None, ge=1, le=1024)
+    """Texts in one model call; longer requests are split into calls of this size, which the inference
+    threads share. Default: 8 on CPU, where a text costs the same in a call of 1 as of 64, so small calls
+    only shorten the wait of the requests queued behind them (p99 at concurrency 32: ~210-270 ms against
+    ~350-440 with 64, docs/BENCHMARKS.md §4); 64 with the CUDA provider, where big batches are cheaper."""
     batch_max_wait_ms: float = Field(0.0, ge=0.0, le=100.0)
     """How long the batcher waits for more requests before running a partial batch. 0: none; a batch is
     what queued while the inference threads were busy, so a lone request runs at once (a 2 ms wait cost

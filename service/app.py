@@ -29,6 +29,7 @@ from service.core import Fitgate
 from service.http_errors import error_responses, install_error_handlers
 from service.middleware import BodyLimit, LineBreakInPath, SecurityHeaders
 from service.monitoring import PREDICT_LATENCY
+from service.request_timeout import install as cancel_request_timers
 from service.uploads import SERVER_ONLY_ARGUMENTS
 from training import rundir
 from training.arguments import TrainingArguments
@@ -399,6 +400,7 @@ def create_app(settings: Settings) -> FastAPI:
 # (databases, registry, models) is built per worker process, in FitgateService.__init__.
 SETTINGS = Settings()
 api = create_app(SETTINGS)
+cancel_request_timers()
 
 
 @bentoml.service(name="fitgate", workers=SETTINGS.workers, http={"port": int(os.environ.get("FITGATE_PORT", "3000"))})
