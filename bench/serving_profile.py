@@ -144,7 +144,8 @@ def main() -> None:
         requests = row["requests"] * (t1 - t0) / row["seconds"]
         print(f"{row['requests_per_second']:.1f} requests/s, p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
               f"worker {1000 * (w1 - w0) / requests:.2f} ms CPU/request (model calls "
-              f"{1000 * calls['seconds'] / calls['texts']:.2f} ms, {calls['texts'] / calls['calls']:.1f} texts each), "
+              f"{1000 * calls['seconds'] / max(1, calls['texts']):.2f} ms, "
+              f"{calls['texts'] / max(1, calls['calls']):.1f} texts each; 0: a server without these metrics), "
               f"load generator {1000 * (l1 - l0) / requests:.2f} ms", flush=True)  # fmt: skip
         if ns.cpu_only:
             return
@@ -166,7 +167,7 @@ def main() -> None:
         hottest.setdefault(category, Counter())[frames[-1]] += int(n)
     total = sum(counts.values())
     worker_ms = 1000 * (w1 - w0) / requests
-    model_ms = 1000 * calls["seconds"] / calls["texts"]
+    model_ms = 1000 * calls["seconds"] / max(1, calls["texts"])
     results: dict[str, Any] = {
         "command": "python bench/serving_profile.py" + "".join(f" --env {e}" for e in ns.env),
         "date": time.strftime("%Y-%m-%d"),
@@ -177,7 +178,7 @@ def main() -> None:
         "p99_ms": row["p99_ms"],
         "worker_cpu_ms_per_request": worker_ms,
         "model_call_ms_per_text": model_ms,
-        "texts_per_model_call": calls["texts"] / calls["calls"],
+        "texts_per_model_call": calls["texts"] / max(1, calls["calls"]),
         "load_generator_cpu_ms_per_request": 1000 * (l1 - l0) / requests,
         "gil_samples": total,
         "gil_sample_shares": {name: n / total for name, n in counts.most_common()},

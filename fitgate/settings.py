@@ -104,14 +104,13 @@ class Settings(BaseSettings):
     """Worker processes serving HTTP; each holds its own copy of the models it serves."""
     batch_max_size: int | None = Field(None, ge=1, le=1024)
     """Texts in one model call; longer requests are split into calls of this size, which the inference
-    threads share. Default: 8 on CPU, where a text costs the same in a call of 1 as of 64, so small calls
-    only shorten the wait of the requests queued behind them (p99 at concurrency 32: ~210-270 ms against
-    ~350-440 with 64, docs/BENCHMARKS.md §4); 64 with the CUDA provider, where big batches are cheaper."""
+    threads share. Default: 8 on CPU, where a text costs about the same in a call of 1 as of 64, so small
+    calls only shorten the wait of the requests queued behind them (docs/BENCHMARKS.md §4); 64 with the
+    CUDA provider, where big batches are cheaper."""
     batch_max_wait_ms: float = Field(0.0, ge=0.0, le=100.0)
     """How long the batcher waits for more requests before running a partial batch. 0: none; a batch is
-    what queued while the inference threads were busy, so a lone request runs at once (a 2 ms wait cost
-    a third of the throughput at concurrency 1, docs/BENCHMARKS.md). Raise it where bigger batches are
-    much cheaper per text (a GPU)."""
+    what queued while the inference threads were busy, so a lone request runs at once. Raise it where
+    bigger batches are much cheaper per text (a GPU)."""
     inference_threads: int | None = Field(None, ge=1, le=256)
     """ONNX Runtime calls one worker runs at once, each on CPUs / inference_threads cores. Default: the
     worker's share of the CPUs (CPUs / workers), one core each: on a small CPU model several one-core

@@ -70,7 +70,7 @@ class Predictions:
 def session_options(threads: int = 0, spinning: bool = True) -> ort.SessionOptions:
     """``threads``: ONNX Runtime's intra-op threads (0: one per core). ``spinning=False`` for a server:
     idle intra-op threads otherwise spin for the next call, burning the cores that its HTTP loop and its
-    other inference threads need (measured: ~5 ms of CPU per request at concurrency 32, bench/serving_profile.py)."""
+    other inference threads need (docs/BENCHMARKS.md §4)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads

@@ -20,6 +20,7 @@ import gc
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fitgate.devices import usable_cpus
 from fitgate.errors import ModelNotFound, NoModelDeployed
@@ -127,7 +128,7 @@ def settle_heap() -> None:
 
     A loaded worker holds a large, permanent heap (the libraries, the models, their drift references);
     every full collection scanned all of it on the event loop thread, stalling every request in flight
-    (measured: p99 of /livez at concurrency 32 fell from ~150 to 28 ms, docs/BENCHMARKS.md §4). Also
+    (the p99 tail at concurrency 32, docs/BENCHMARKS.md §4). Also
     asks glibc to hand freed pages back to the OS: without it, every promotion left its old ONNX Runtime
     session's memory in the allocator's free lists, and resident memory grew by about the size of a
     loaded model per promotion.
@@ -206,12 +207,16 @@ class ModelPool:
         except Exception:
             log.exception("could not load the default model; the refresher tries again, /predict on demand")
 
+    def _classifier(self, bundle: Path) -> OnnxClassifier:
+        """A served bundle: its share of the cores per call, idle threads not spinning (``session_options``)."""
+        return OnnxClassifier(bundle, threads=self.threads_per_call, spinning=False)
+
     def _monitor(self, name: ModelName, version: str, classifier: OnnxClassifier) -> ModelMonitor:
         return ModelMonitor(str(name), version, classifier.spec, classifier.served_graph, self.settings)
 
     async def _load(self, name: ModelName, version: str) -> LoadedModel:
         path = self.registry.bundle_path(name, version)
-        classifier = OnnxClassifier(path, threads=self.threads_per_call, spinning=False)
+        classifier = self._classifier(path)
         await asyncio.to_thread(classifier.load)  # verifies checksums before anything is served
         monitor = await asyncio.to_thread(self._monitor, name, version, classifier)
         model = LoadedModel(name, version, classifier, monitor)
@@ -252,9 +257,7 @@ class ModelPool:
                 trial = self._trial
                 if trial is None or trial[0] != (name, version):
                     self._trial = None
-                    classifier = OnnxClassifier(
-                        self.registry.bundle_path(name, version), threads=self.threads_per_call, spinning=False
-                    )
+                    classifier = self._classifier(self.registry.bundle_path(name, version))
                     await asyncio.to_thread(classifier.load)
                     trial = self._trial = ((name, version), classifier)
         predictions = await asyncio.to_thread(trial[1].predict, texts)

@@ -3,10 +3,9 @@
 BentoML 1.4's ``TimeoutMiddleware`` (``traffic.timeout``, 60 s by default: a 504 when a response
 has not started in time) schedules a timer per request and never cancels it, so a timer and a future
 per request stay alive for the full timeout: at 1,500 requests/s (health probes included), ~90,000 of
-each at any time, which Python's full garbage collections scan on the event loop thread. Measured at
-concurrency 32 on /livez: a bare BentoML service, p99 181 ms with the middleware and 90 ms without it;
-fitgate, p99 227-275 ms before and 147-150 ms after this fix (docs/BENCHMARKS.md §4). ``install()``
-swaps in the same behaviour with the timer cancelled when the request ends.
+each at any time, which Python's full garbage collections scan on the event loop thread (the p99 tail,
+docs/BENCHMARKS.md §4). ``install()`` swaps in the same behaviour with the timer cancelled when the
+request ends.
 """
 
 from __future__ import annotations
