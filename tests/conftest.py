@@ -24,6 +24,14 @@ SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 EXAMPLE_CSV = Path(__file__).resolve().parents[1] / "examples" / "sms_spam_sample.csv"
 
 
+def shared_dataset(relative: str) -> Path:
+    """A file of ../shared/datasets; the test is skipped, saying why, in a checkout without it beside."""
+    path = SHARED_DATASETS / relative
+    if not path.exists():
+        pytest.skip(f"{path} is absent: this test needs ../shared/datasets beside the checkout")
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test gets its own fitgate data directory: nothing is written into the checkout."""

@@ -12,7 +12,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,6 +19,8 @@ import uuid
 from pathlib import Path
 
 import psycopg
+
+from tests.ports import free_port
 
 
 def find_binaries() -> Path | None:
@@ -39,9 +40,7 @@ class PostgresServer:
         if self.user is not None:
             entry = pwd.getpwnam(self.user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.data = self.root / "data"
 
     def _run(self, *command: str) -> None:

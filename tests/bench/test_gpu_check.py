@@ -7,16 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.conftest import shared_dataset
 
 REPO = Path(__file__).resolve().parents[2]
-SMS = REPO.parent / "shared" / "datasets" / "sms_spam" / "sms_spam.csv"
 
 
-@pytest.mark.skipif(not SMS.exists(), reason="needs ../shared/datasets beside the checkout")
 def test_the_smoke_run_measures_training_fine_tuning_and_serving_on_the_cpu(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    shared_dataset("sms_spam/sms_spam.csv")  # the smoke run fine-tunes on 300 of its rows
     out = tmp_path / "gpu_check.json"
     done = subprocess.run(
         [sys.executable, "bench/gpu_check.py", "--smoke", "--base-model", str(tiny_model_dir), "--out", str(out)],

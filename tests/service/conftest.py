@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import psutil
 import pytest
 
 from service.auth import hash_token
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TOKENS = {
@@ -31,12 +31,6 @@ TOKENS = {
 
 def bearer(who: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKENS[who][0]}"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -106,7 +100,7 @@ def make_server(tmp: Path, tiny_model_dir: Path, tokens: bool = True, bind: str 
              for who, (t, roles) in TOKENS.items()]
         )  # fmt: skip
     (tmp / "data").mkdir(parents=True, exist_ok=True)
-    return Server(f"http://127.0.0.1:{_free_port()}", tmp / "data", env, bind)
+    return Server(f"http://127.0.0.1:{free_port()}", tmp / "data", env, bind)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from tests.conftest import keyword_rows, require_tool, write_csv
 from tests.service.conftest import TOKENS, Server, bearer, make_server
 
+pytestmark = pytest.mark.slow  # a real browser against a real server
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "sms_spam_sample.csv"
 XSS = "<img src=x onerror=alert(1)>"

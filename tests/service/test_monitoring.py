@@ -22,7 +22,8 @@ from models.gate import release
 from models.names import ModelName
 from models.registry import open_registry
 from tests.conftest import require_tool
-from tests.service.conftest import REPO, Server, _free_port, make_server
+from tests.ports import free_port
+from tests.service.conftest import REPO, Server, make_server
 
 pytestmark = pytest.mark.slow
 RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -94,7 +95,7 @@ def prometheus(monitored: Server, tmp_path_factory: pytest.TempPathFactory) -> I
         "scrape_configs": [{"job_name": "fitgate", "static_configs": [{"targets": [target]}]}],
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     with (tmp / "prometheus.log").open("wb") as log:
         process = subprocess.Popen(
             [binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",

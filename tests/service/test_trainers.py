@@ -23,8 +23,16 @@ from tests.postgres import PostgresServer
 from tests.service.conftest import Server, make_server
 
 pytestmark = pytest.mark.slow
-LEASE_SECONDS = 4.0
+# The lease these trainers run with; every deadline below is derived from it. A trainer renews every quarter
+# lease, so a live trainer loses its job only if it stalls for three quarters of one: 4 s (3 s of slack) was lost
+# on a loaded 2-core machine (a live job taken over, its test past its limit); 10 s is the bench's lease.
+LEASE_SECONDS = 10.0
 POLL_SECONDS = 0.5  # JobRunner's poll
+# Past the lease, the survivor's next poll claims the job; on a loaded machine its thread and the database may
+# answer late, by up to half a lease here, never by a whole one (which would be a missed lease, not a slow poll).
+TAKEOVER_DEADLINE = LEASE_SECONDS + POLL_SECONDS + LEASE_SECONDS / 2
+# Never before the lease ran out: the last renewal was at most a quarter lease and one poll before the kill.
+TAKEOVER_EARLIEST = LEASE_SECONDS * 3 / 4 - POLL_SECONDS
 FOUR_EPOCHS = {"parameters": '{"num_train_epochs": 4, "learning_rate": 0.005, "max_length": 32, '
                '"per_device_train_batch_size": 4, "early_stopping_patience": null, "remedy_attempts": 0}'}  # fmt: skip
 LEARNABLE = {"parameters": '{"num_train_epochs": 4, "learning_rate": 0.005, "max_length": 32, "remedy_attempts": 0, '
@@ -146,7 +154,7 @@ def test_a_killed_trainers_job_is_taken_over_within_the_lease_and_resumed_at_its
     taken = wait_for("the takeover", lambda: (r := cluster.row(job_id))["trainer"] == survivor and r, every=0.05)
     takeover_seconds = time.monotonic() - killed_at
     assert taken["lease_generation"] == holder["lease_generation"] + 1
-    assert takeover_seconds <= LEASE_SECONDS + POLL_SECONDS + 1.5, takeover_seconds  # + scheduling on 2 cores
+    assert TAKEOVER_EARLIEST <= takeover_seconds <= TAKEOVER_DEADLINE, takeover_seconds
 
     done = wait_for("the job's outcome", lambda: (j := cluster.job(job_id))["status"] not in ("running",) and j)
     assert (done["status"], done["attempts"]) == ("succeeded", 2), done
@@ -181,16 +189,18 @@ def test_a_trainer_frozen_past_its_lease_records_nothing_when_it_wakes(cluster: 
     assert f"lost the lease of job {job_id}" in log  # the woken trainer stopped its training process
 
 
-def test_twenty_jobs_across_three_trainers_with_random_kills_lose_none_and_run_none_twice(cluster: Cluster) -> None:
+def test_jobs_across_three_trainers_with_random_kills_lose_none_and_run_none_twice(cluster: Cluster) -> None:
     for name in ("trainer-1", "trainer-2", "trainer-3"):
         if name not in cluster.trainers or cluster.trainers[name].process is None:
             cluster.start_trainer(name)
     rng = random.Random(7)
+    # 8 jobs: more than the trainers hold at once, so some wait in the queue while others are killed;
+    # bench/trainer_faults.py --many 20 runs the same scenario at scale (docs/RELIABILITY.md)
     jobs = {
-        cluster.upload(keyword_rows(300, seed=i), f"team-a/many-{i}", LEARNABLE): f"team-a/many-{i}" for i in range(20)
+        cluster.upload(keyword_rows(300, seed=i), f"team-a/many-{i}", LEARNABLE): f"team-a/many-{i}" for i in range(8)
     }
     # the queue as an autoscaler reads it, from the API pod, which trains nothing itself
-    wait_for("the queue depth on /metrics", lambda: (metric(cluster.api, "fitgate_jobs_queued") or 0) >= 5, every=1)
+    wait_for("the queue depth on /metrics", lambda: (metric(cluster.api, "fitgate_jobs_queued") or 0) >= 3, every=1)
     wait_for("a trainer's running count", lambda: metric(cluster.api, "fitgate_jobs_running", "trainer-") == 1, every=1)
     kills = 0
     deadline = time.monotonic() + 600

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATASETS, keyword_rows
+from tests.conftest import keyword_rows, shared_dataset
 from training.audit import ISSUE_COLUMNS, audit_run
 from training.data import LabelledData, read_labelled_file
 from training.modeling import default_base_model
@@ -63,7 +63,7 @@ def test_labels_that_do_not_depend_on_the_text_are_called_unrelated(tmp_path: Pa
 @pytest.mark.slow
 def test_minilm_finds_planted_errors_in_real_sms(tmp_path: Path) -> None:
     """The bundled MiniLM on 1,500 real sms_spam rows with 75 labels flipped (bench/label_audit.py measures more)."""
-    data = read_labelled_file(SHARED_DATASETS / "sms_spam" / "sms_spam.csv")[0]
+    data = read_labelled_file(shared_dataset("sms_spam/sms_spam.csv"))[0]
     rows = list(zip(data.texts[:1500], data.labels[:1500], strict=True))
     train, validation, planted = _planted(rows, flips=75, seed=2)
     labels = sorted({y for _, y in rows})
