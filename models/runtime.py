@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from fitgate.devices import usable_cpus
 from fitgate.errors import BundleCorrupt, InferenceError
 from models.bundle import BundleSpec, load_spec, verify_manifest
 from training.decision import decide, softmax
@@ -68,12 +69,14 @@ class Predictions:
 
 
 def session_options(threads: int = 0, spinning: bool = True) -> ort.SessionOptions:
-    """``threads``: ONNX Runtime's intra-op threads (0: one per core). ``spinning=False`` for a server:
+    """``threads``: ONNX Runtime's intra-op threads (0: one per usable CPU, ``usable_cpus``: ONNX Runtime's own
+    default counts the machine's cores, ignoring the process's affinity and its container's CPU limit, and its
+    threads then spin against each other on the CPUs there are). ``spinning=False`` for a server:
     idle intra-op threads otherwise spin for the next call, burning the cores that its HTTP loop and its
     other inference threads need (docs/BENCHMARKS.md §4)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads or usable_cpus()
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options

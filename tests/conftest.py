@@ -24,6 +24,38 @@ SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 EXAMPLE_CSV = Path(__file__).resolve().parents[1] / "examples" / "sms_spam_sample.csv"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker gets its own share of the CPUs (its affinity, inherited by the servers and
+    training processes it starts). Without it, every torch and ONNX Runtime pool sized itself to all the cores and
+    two workers' pools fought over them: a takeover test took 239 s instead of 61, the real MiniLM 160 s instead of
+    64. ``fitgate.devices.usable_cpus`` reads the affinity, so the product sizes its pools to the share."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None or not hasattr(os, "sched_setaffinity"):
+        return
+    index, count = int(worker.removeprefix("gw")), int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    cpus = sorted(os.sched_getaffinity(0))
+    # more workers than CPUs: worker i shares CPU i mod n (a worker waiting on a lease leaves its CPU to the other)
+    os.sched_setaffinity(0, cpus[index::count] if len(cpus) >= count else [cpus[index % len(cpus)]])
+
+
+# The modules that take minutes (docs/TESTING.md): started first, so that no worker starts one near the end while
+# the other has nothing left to run. Then the other scenario modules, then the unit tests, which fill in at the end.
+LONGEST_MODULES = ("tests/service/test_trainers.py", "tests/test_cli.py", "tests/service/test_e2e.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest modules first, then modules with slow tests, then the rest; a module's tests stay together."""
+    slow_modules = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+
+    def rank(item: pytest.Item) -> int:
+        module = item.nodeid.split("::")[0]
+        if module in LONGEST_MODULES:
+            return LONGEST_MODULES.index(module)
+        return len(LONGEST_MODULES) + (0 if module in slow_modules else 1)
+
+    items.sort(key=rank)  # stable: collection order within each rank
+
+
 def shared_dataset(relative: str) -> Path:
     """A file of ../shared/datasets; the test is skipped, saying why, in a checkout without it beside."""
     path = SHARED_DATASETS / relative

@@ -1,29 +1,38 @@
 """Free loopback ports for the servers tests start (fitgate, PostgreSQL, Prometheus), one owner for the rule.
 
-A port is free when chosen and bound by the server a moment later. Under pytest-xdist another worker could take it
-in between, so each worker chooses only ports that are its own modulo the number of workers: two workers never
-race for one port. Within a worker, tests run one at a time, and a server still running keeps its port bound.
+A port is free when chosen and bound by its server a moment later. Under pytest-xdist another worker could take it
+in between, so each worker draws from its own slice of 20000-31999: two workers never race for one port. The range
+lies below Linux's ephemeral ports (32768 and up), which outgoing connections and ``bind(("", 0))`` use, so no
+client socket takes a chosen port either. Within a worker tests run one at a time, and a server still running keeps
+its port bound, so the bind check below skips it.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import socket
 
+FIRST, LAST = 20000, 31999
+_draw = random.Random()  # its own generator: tests that seed the global one draw the same numbers as before
 
-def _worker() -> tuple[int, int]:
-    """This xdist worker's index and the number of workers; (0, 1) without xdist."""
-    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    return int(name.removeprefix("gw")), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+def _slice() -> range:
+    """This xdist worker's ports; all of them without xdist."""
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    size = (LAST - FIRST + 1) // count
+    return range(FIRST + index * size, FIRST + (index + 1) * size)
 
 
 def free_port() -> int:
     """A loopback port free now, and one no other xdist worker of this session will choose."""
-    index, count = _worker()
-    for _ in range(1000):
+    ports = _slice()
+    for port in _draw.sample(ports, min(200, len(ports))):
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port % count == index:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
             return port
-    raise RuntimeError("no free loopback port for this worker in 1000 tries")
+    raise RuntimeError(f"no free loopback port in {ports.start}-{ports.stop - 1} after 200 tries")

@@ -140,6 +140,7 @@ def test_real_minilm_fine_tunes_on_sms_spam(tmp_path: Path) -> None:
             "none",
             "--eval-steps",
             "15",
+            "--no-label-audit",  # the audit on the real MiniLM: tests/training/test_audit.py
         ]
     )
     assert code == 0
