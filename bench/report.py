@@ -23,7 +23,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "BENCHMARKS.md"
-PAGES = (PAGE, ROOT / "README.md", ROOT / "docs" / "RELIABILITY.md")  # pages that quote figures from bench/results
+PAGES = (
+    PAGE,
+    ROOT / "README.md",
+    ROOT / "docs" / "RELIABILITY.md",
+    ROOT / "docs" / "TESTING.md",
+)  # pages that quote figures from bench/results
 INCLUDE = re.compile(r"(<!-- include (\S+) -->\n)(.*?)(<!-- end include -->)", re.S)
 MACHINE = re.compile(r"(<!-- machine -->\n)(.*?)(<!-- end machine -->)", re.S)
 

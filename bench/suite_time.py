@@ -3,6 +3,7 @@ at most 10 minutes on 2 cores), optionally with a CPU burner on every core (slow
 
     python bench/suite_time.py                 # alone
     python bench/suite_time.py --burners 2     # with two busy loops holding both cores of a 2-core machine
+    python bench/suite_time.py --quick         # scripts/test --quick in this checkout (installed, no clone)
 
 Clones HEAD of this checkout into a temporary folder with ../shared beside it (a link to this checkout's), runs
 `bash .ci/run` there with CI=true, and writes bench/results/suite_time[_burn<N>].md (docs/TESTING.md includes it):
@@ -35,6 +36,13 @@ def cpu_model() -> str:
 def burn() -> subprocess.Popen[bytes]:
     """One busy loop: a core held by another process, as on a shared CI runner."""
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def run_quick() -> tuple[float, int, str]:
+    """Wall seconds, exit code and output of the quick tier in this checkout."""
+    start = time.monotonic()
+    done = subprocess.run(["scripts/test", "--quick", "--durations=10"], cwd=ROOT, capture_output=True, text=True)
+    return time.monotonic() - start, done.returncode, done.stdout + done.stderr
 
 
 def run_suite(burners: int) -> tuple[float, int, str]:
@@ -70,16 +78,20 @@ def slowest(output: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--burners", type=int, default=0, help="busy loops beside the suite (one per core to load)")
+    parser.add_argument("--quick", action="store_true", help="time scripts/test --quick here instead")
     args = parser.parse_args()
-    wall, code, output = run_suite(args.burners)
+    wall, code, output = run_quick() if args.quick else run_suite(args.burners)
     outcome = next((line.strip("= ") for line in reversed(output.splitlines()) if " in " in line and "=" in line), "")
     pytest_seconds = re.search(r" in ([\d.]+)s", outcome)
-    name = f"suite_time{f'_burn{args.burners}' if args.burners else ''}"
-    command = f"python bench/suite_time.py{f' --burners {args.burners}' if args.burners else ''}"
+    option = "--quick" if args.quick else f"--burners {args.burners}" if args.burners else ""
+    name = "suite_time" + ("_quick" if args.quick else f"_burn{args.burners}" if args.burners else "")
+    command = f"python bench/suite_time.py {option}".strip()
     report = [
         f"`{command}` ({time.strftime('%Y-%m-%d')}, {cpu_model()}, {os.cpu_count()} cores"
         f"{f', {args.burners} busy loops beside it' if args.burners else ''})\n",
-        "| fresh clone + `bash .ci/run` | of which pytest | install, apt and checks | exit code | outcome |",
+        "| fresh clone + `bash .ci/run` | of which pytest | the rest (install, apt; ruff and mypy run beside pytest) | exit code | outcome |"
+        if not args.quick
+        else "| `scripts/test --quick` | of which pytest | start-up | exit code | outcome |",
         "|---|---|---|---|---|",
         f"| {wall / 60:.1f} min ({wall:.0f} s) | "
         + (f"{float(pytest_seconds[1]):.0f} s | {wall - float(pytest_seconds[1]):.0f} s" if pytest_seconds else "? | ?")
