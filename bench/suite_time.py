@@ -89,7 +89,7 @@ def main() -> None:
     report = [
         f"`{command}` ({time.strftime('%Y-%m-%d')}, {cpu_model()}, {os.cpu_count()} cores"
         f"{f', {args.burners} busy loops beside it' if args.burners else ''})\n",
-        "| fresh clone + `bash .ci/run` | of which pytest | the rest (install, apt; ruff and mypy run beside pytest) | exit code | outcome |"
+        "| fresh clone + `bash .ci/run` | of which pytest | install and apt | exit code | outcome |"
         if not args.quick
         else "| `scripts/test --quick` | of which pytest | start-up | exit code | outcome |",
         "|---|---|---|---|---|",
