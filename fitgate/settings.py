@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fitgate.json_input import JsonLimits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FITGATE_", frozen=True, use_attribute_docstrings=True)
@@ -100,6 +102,12 @@ class Settings(BaseSettings):
     """Texts in one /predict request."""
     max_chars_per_text: int = Field(20_000, ge=16)
     """Characters in one text sent to /predict (longer texts are refused; tokens beyond the model's max are cut)."""
+    json_max_depth: int = Field(JsonLimits.max_depth, ge=2, le=500)
+    """Nesting of arrays and objects in a JSON form field (the training parameters); deeper is refused."""
+    json_max_number_chars: int = Field(JsonLimits.max_number_chars, ge=20, le=4000)
+    """Characters of one number in a JSON form field; longer is refused."""
+    json_max_chars: int = Field(JsonLimits.max_chars, ge=1024)
+    """Characters of one JSON form field; longer is refused."""
     workers: int = Field(1, ge=1, le=64)
     """Worker processes serving HTTP; each holds its own copy of the models it serves."""
     batch_max_size: int | None = Field(None, ge=1, le=1024)
@@ -129,6 +137,9 @@ class Settings(BaseSettings):
     shortens the run length on real traffic (docs/BENCHMARKS.md measures both)."""
     drift_alarm_hold_requests: int = Field(1000, ge=1)
     """Requests a detector reports drift for after its latest alarm."""
+
+    def json_limits(self) -> JsonLimits:
+        return JsonLimits(self.json_max_depth, self.json_max_number_chars, self.json_max_chars)
 
     # --- where things live under data_dir: written here once, used everywhere ----------------
 

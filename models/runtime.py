@@ -16,7 +16,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from fitgate.devices import usable_cpus
-from fitgate.errors import BundleCorrupt, InferenceError
+from fitgate.errors import BundleCorrupt, InferenceError, InvalidRequest
 from models.bundle import BundleSpec, load_spec, verify_manifest
 from training.decision import decide, softmax
 from training.padding import pad_batch
@@ -200,14 +200,17 @@ class OnnxClassifier:
         self._session = session
 
     def predict(self, texts: list[str]) -> Predictions:
-        """Tokenize, run the graph, calibrate and decide; failures of either library raise InferenceError."""
+        """Tokenize, run the graph, calibrate and decide: texts the tokenizer cannot read raise InvalidRequest,
+        an ONNX Runtime failure InferenceError."""
         if self._session is None or self._tokenizer is None:
             raise InferenceError(f"bundle {self.bundle_dir} is not loaded: call load() first")
         spec = self.spec
         try:
             encoded = encode(self._tokenizer, texts, self._unk_id)
-        except Exception as exc:
-            raise InferenceError(f"the tokenizer of {self.bundle_dir} failed: {exc}") from exc
+        except Exception as exc:  # the texts, not the bundle: a loaded tokenizer reads any well-formed text
+            raise InvalidRequest(
+                f"the model's tokenizer cannot read these texts ({type(exc).__name__}: {exc})"
+            ) from exc
         try:
             logits = run_logits(self._session, encoded.ids, spec.pad_id)
         except Exception as exc:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fitgate.errors import InvalidRequest, JobNotFound, ModelNotFound, RunDirectoryError
 from fitgate.settings import Settings
+from fitgate.texts import unreadable_reason
 from models.names import ModelName
 from service.auth import Caller, Role
 from service.console import SECURITY_HEADERS, add_console
@@ -223,6 +224,8 @@ def create_app(settings: Settings) -> FastAPI:
                     f"texts[{i}] has {len(text):,} characters; the limit is {limits.max_chars_per_text:,} "
                     "(FITGATE_MAX_CHARS_PER_TEXT)"
                 )
+            if reason := unreadable_reason(text):
+                raise InvalidRequest(f"texts[{i}] {reason}")
         name = ModelName.parse(body.model) if body.model else await fitgate.pool.default_model()
         fitgate.auth.require_model_access(caller, name)
         served = fitgate.pool.loaded(name)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fitgate.devices import usable_cpus
-from fitgate.errors import ModelNotFound, NoModelDeployed
+from fitgate.errors import FitgateError, ModelNotFound, NoModelDeployed
 from fitgate.settings import Settings
 from models.names import ModelName
 from models.registry import Registry
@@ -106,21 +106,41 @@ class Batcher:
 
 
 async def _answer(model: LoadedModel, batch: list[_Pending]) -> None:
-    """One ONNX Runtime call for the batch; each request gets its own slice, or the call's error."""
+    """One ONNX Runtime call for the batch; each request gets its own slice.
+
+    When the merged call fails, each request is run again on its own, so a request that cannot be
+    read (or that breaks inference) fails alone with its own error and every other one is answered:
+    one client's bad text never costs another client's prediction.
+    """
     texts = [t for item in batch for t in item.texts]
     try:
         answers = await asyncio.to_thread(_classify_and_observe, model, texts)
-    except Exception as exc:  # one failed batch fails its requests, never the batcher
-        log.exception("prediction failed for %s:%s", model.name, model.version)
-        for item in batch:
-            if not item.future.done():
-                item.future.set_exception(exc)
+    except Exception as exc:
+        if len(batch) == 1:
+            _fail(model, batch[0], exc)
+            return
+        for item in batch:  # one at a time: the culprit fails alone
+            try:
+                _settle(item, await asyncio.to_thread(_classify_and_observe, model, item.texts))
+            except Exception as alone:
+                _fail(model, item, alone)
         return
     start = 0
     for item in batch:
-        if not item.future.done():
-            item.future.set_result(answers[start : start + len(item.texts)])
+        _settle(item, answers[start : start + len(item.texts)])
         start += len(item.texts)
+
+
+def _settle(item: _Pending, answers: list[Prediction]) -> None:
+    if not item.future.done():  # a request whose client went away has a cancelled future
+        item.future.set_result(answers)
+
+
+def _fail(model: LoadedModel, item: _Pending, exc: Exception) -> None:
+    if not isinstance(exc, FitgateError) or not exc.user_facing:  # the client's own mistake is not logged as a fault
+        log.error("prediction failed for %s:%s", model.name, model.version, exc_info=exc)
+    if not item.future.done():
+        item.future.set_exception(exc)
 
 
 def settle_heap() -> None:

@@ -8,7 +8,6 @@ now with its specific message instead of minutes later in a failed job.
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ from starlette.datastructures import UploadFile
 
 from fitgate.devices import cuda_device_count
 from fitgate.errors import DataError, DeviceUnavailable, DiskFull, InvalidRequest, PayloadTooLarge, is_disk_full
+from fitgate.json_input import DEFAULT_LIMITS, JsonLimits, load_json
 from fitgate.settings import Settings
 from models.names import ModelName
 from service.jobs import Job, JobStore
@@ -30,12 +30,9 @@ SERVER_ONLY_ARGUMENTS = {"base_model"}  # a request must not point the server at
 CHUNK_BYTES = 1 << 20
 
 
-def parse_parameters(parameters: str) -> TrainingArguments:
+def parse_parameters(parameters: str, limits: JsonLimits = DEFAULT_LIMITS) -> TrainingArguments:
     """The ``parameters`` form field (a JSON object of training arguments), validated once."""
-    try:
-        raw: Any = json.loads(parameters)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"parameters is not valid JSON ({exc.msg}); send a JSON object") from exc
+    raw = load_json(parameters, "parameters", InvalidRequest, limits)
     if not isinstance(raw, dict):
         raise InvalidRequest('parameters must be a JSON object such as {"num_train_epochs": 3}')
     if forbidden := SERVER_ONLY_ARGUMENTS & raw.keys():
@@ -69,7 +66,7 @@ class UploadIntake:
         refuse is a normal answer here (``accepted: false`` with the refusal's message), with the
         columns found so far, so the user can pick other columns and ask again. Nothing is kept.
         """
-        args = parse_parameters(parameters)
+        args = parse_parameters(parameters, self.settings.json_limits())
         self.check_device(args)
         suffix = self._suffix(file)
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -80,7 +77,7 @@ class UploadIntake:
 
     async def accept(self, file: UploadFile, name: ModelName, parameters: str) -> Job:
         """Validate, store and queue; on any refusal the stored upload is removed again."""
-        args = parse_parameters(parameters)
+        args = parse_parameters(parameters, self.settings.json_limits())
         self.check_device(args)
         suffix = self._suffix(file)
         job_id = self.jobs.new_id()

@@ -63,11 +63,13 @@ class _Reporter:
     def __init__(self, store: JobStore, job_id: str, generation: int) -> None:
         self.store, self.job_id, self.generation = store, job_id, generation
         self.cancelled = False
+        self.phase = "starting"  # the last phase reported: where an unexpected failure stopped the job
         self._last = 0.0
         self._trained: Progress | None = None
 
     def __call__(self, progress: Progress) -> None:
         now = time.monotonic()
+        self.phase = progress.phase
         if progress.phase == "training":
             self._trained = progress
             if now - self._last < PROGRESS_EVERY_SECONDS:
@@ -159,9 +161,18 @@ def run_job(job_id: str, settings: Settings, generation: int, *, resume: bool = 
                 "failed",
                 reason=f"{type(exc).__name__}: a server-side step failed; the operators can read the worker log",
             )
-    except Exception:
+    except Exception as exc:
         log.exception("job %s failed unexpectedly", job_id)
-        finish("failed", reason="internal error during training; see the worker log on the server")
+        finish("failed", reason=unexpected_failure(type(exc).__name__, reporter.phase))
+
+
+def unexpected_failure(error: str, phase: str) -> str:
+    """A job's reason for an error fitgate did not foresee: where it stopped and what the user can do."""
+    return (
+        f"the job stopped in its {phase!r} phase on an unexpected error ({error}) that fitgate's checks of the "
+        "upload and the parameters did not foresee; retry it once (POST /jobs/{id}/retry), and if it fails again "
+        "report it with the job id: the operators find the cause in the worker log"
+    )
 
 
 def _audit_summary(audit: dict[str, Any] | None, job_id: str) -> dict[str, Any] | None:

@@ -187,7 +187,12 @@ class TrainingArguments(BaseModel):
     )
 
     # --- runtime ---------------------------------------------------------------------------
-    seed: int = Field(0, ge=0, description="One seed for splits, sampler, augmentation and initialization.")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2**32 - 1,
+        description="One seed for splits, sampler, augmentation and initialization (NumPy takes 0 .. 2^32-1).",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when available.")
     cpu_bf16: bool = Field(
         False,

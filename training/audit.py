@@ -21,7 +21,6 @@ the text, no training recipe can help, and the remedy policy says so instead of 
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 import warnings
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from fitgate.spreadsheet import write_csv_for_people
 from training.data import LabelledData
 from training.evaluation import macro_f1
 
@@ -46,7 +46,7 @@ MAX_EMBEDDING_TOKENS = 128  # sentence embeddings need the gist, not every token
 UNRELATED_MARGIN = 0.05  # out-of-sample macro-F1 within this of the trivial baseline: labels unrelated to texts
 MAX_LISTED = 5000  # rows written to label_issues.csv at most, lowest quality first
 METHOD = "5-fold logistic regression on MiniLM embeddings + TF-IDF, cleanlab filter_by=both"
-ISSUE_COLUMNS = ("row", "split", "text", "given_label", "suggested_label", "quality_score")
+ISSUE_COLUMNS = ["row", "split", "text", "given_label", "suggested_label", "quality_score"]
 
 
 @dataclass(frozen=True)
@@ -193,20 +193,21 @@ def write_issues(
 ) -> None:
     """The flagged rows, most doubtful first: what a team opens to fix its labels."""
     order = sorted(np.flatnonzero(flagged).tolist(), key=lambda i: quality[i])[:MAX_LISTED]
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(ISSUE_COLUMNS)
-        for i in order:
-            writer.writerow(
-                [
-                    data.rows[i] if data.rows[i] is not None else "",
-                    data.splits[i],
-                    data.texts[i],
-                    label_names[data.labels[i]],
-                    label_names[suggested[i]],
-                    f"{quality[i]:.4f}",
-                ]
-            )
+    write_csv_for_people(
+        path,
+        ISSUE_COLUMNS,
+        (
+            [
+                data.rows[i] if data.rows[i] is not None else "",
+                data.splits[i],
+                data.texts[i],
+                label_names[data.labels[i]],
+                label_names[suggested[i]],
+                f"{quality[i]:.4f}",
+            ]
+            for i in order
+        ),
+    )
 
 
 def audited_rows(train: LabelledData, validation: LabelledData, label_names: list[str]) -> AuditedRows:

@@ -72,7 +72,7 @@ def plot_curves(points: list[CurvePoint], best_step: int, path: Path, title: str
         ax.axvline(best_epoch, color="green", linestyle="--", label="selected checkpoint")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle(title, parse_math=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -88,12 +88,14 @@ def plot_confusion(matrix: NDArray[np.integer], label_names: list[str], path: Pa
     totals = matrix.sum(axis=1, keepdims=True).clip(min=1)
     ax.imshow(matrix / totals, cmap="Blues", vmin=0, vmax=1)
     ticks = np.arange(k)
-    ax.set_xticks(ticks, label_names, rotation=90, fontsize=max(4, 10 - k // 10))
-    ax.set_yticks(ticks, label_names, fontsize=max(4, 10 - k // 10))
+    # label names are the user's strings, drawn as they are: never as mathtext ("$x$ spam") or TeX
+    ax.set_xticks(ticks, label_names, rotation=90, fontsize=max(4, 10 - k // 10), parse_math=False, usetex=False)
+    ax.set_yticks(ticks, label_names, fontsize=max(4, 10 - k // 10), parse_math=False, usetex=False)
     if k <= 20:
         for i in range(k):
             for j in range(k):
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set(xlabel="predicted", ylabel="true")
+    ax.set_title(title, parse_math=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

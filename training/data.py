@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fitgate.errors import DataError, DataFormatError
+from fitgate.json_input import load_json
+from fitgate.texts import unreadable_reason
 
 TEXT_COLUMN_NAMES = ("text", "sentence", "content", "message", "body", "utterance", "query", "review", "document")
 LABEL_COLUMN_NAMES = ("label", "labels", "class", "category", "intent", "target", "tag", "sentiment")
 MAX_CLASSES = 1000
+MAX_LABEL_CHARS = 200  # a class name, not a text: longer is a column mix-up
 _SHOWN = 5  # how many offending rows an error message names
 
 
@@ -138,12 +141,7 @@ def _parse_jsonl(text: str) -> tuple[list[dict[str, str]], list[str]]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(
-                f"line {number} is not valid JSON ({exc.msg}); each line must be one JSON object"
-            ) from exc
+        record = load_json(line, f"line {number}", DataFormatError)  # each line must be one JSON object
         if not isinstance(record, dict):
             raise DataFormatError(
                 f"line {number} is a JSON {type(record).__name__}, expected an object like "
@@ -239,6 +237,8 @@ def validate_rows(
     empty = 0
     missing_labels: list[int] = []
     too_long: list[tuple[int, int]] = []
+    long_labels: list[int] = []
+    unreadable: list[tuple[int, str]] = []
     for number, row in enumerate(rows, start=2):  # row 1 is the header
         text = (row.get(text_col) or "").strip()
         label = (row.get(label_col) or "").strip()
@@ -250,6 +250,12 @@ def validate_rows(
             continue
         if len(text) > max_text_chars:
             too_long.append((number, len(text)))
+            continue
+        if len(label) > MAX_LABEL_CHARS:
+            long_labels.append(number)
+            continue
+        if (reason := unreadable_reason(text) or unreadable_reason(label)) is not None:
+            unreadable.append((number, reason))
             continue
         texts.append(text)
         labels.append(label)
@@ -264,6 +270,17 @@ def validate_rows(
         raise DataError(
             f"{len(too_long)} texts are longer than {max_text_chars:,} characters: {shown}; "
             "split or shorten them (the model reads at most a few hundred words)"
+        )
+    if long_labels:
+        raise DataError(
+            f"{len(long_labels)} labels are longer than {MAX_LABEL_CHARS} characters (rows {long_labels[:_SHOWN]}); "
+            f"a label names a class: check that column {label_col!r} is the label column"
+        )
+    if unreadable:
+        number, reason = unreadable[0]
+        raise DataError(
+            f"{len(unreadable)} rows are not readable text (rows {[n for n, _ in unreadable[:_SHOWN]]}); "
+            f"row {number} {reason}"
         )
     if empty / len(rows) > max_empty_share:
         raise DataError(

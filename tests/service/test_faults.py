@@ -277,7 +277,7 @@ ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "model.safetensors")
         (ENOSPC, worker.DISK_FULL_IN_TRAINING),
         (
             RuntimeError("mat1 and mat2 shapes cannot be multiplied"),
-            "internal error during training; see the worker log on the server",
+            worker.unexpected_failure("RuntimeError", "starting"),
         ),
     ],
     ids=["MemoryError", "torch-cpu-allocator", "torch-cuda", "disk-full", "other-error"],

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fitgate.errors import InvalidRequest
+from fitgate.settings import Settings
+from models.gate import release
 from models.names import ModelName
-from models.runtime import Prediction
+from models.registry import open_registry
+from models.runtime import OnnxClassifier, Prediction
 from service.predictor import Batcher, LoadedModel, _Pending
 
 
@@ -190,5 +195,31 @@ def test_retirement_waits_for_the_batches_still_running() -> None:
         model.queue.put_nowait(None)
         await Batcher(max_size=1, max_wait_ms=0, concurrency=2).run(model)
         assert all(p.done() for p in pending) and [p.result() for p in pending] == [["a"], ["b"]]
+
+    asyncio.run(scenario())
+
+
+def test_a_request_the_tokenizer_cannot_read_fails_alone_and_every_other_request_is_answered(
+    healthy_run: Path, tmp_path: Path
+) -> None:
+    """A lone surrogate slipped past the door (the door refuses it: tests/service/test_hostile.py) fails its
+    own request with a 422, never the merged batch it shared with other clients' requests."""
+    settings = Settings(data_dir=tmp_path / "data")
+    registry = open_registry(settings)
+    release(healthy_run, ModelName.parse("t/m"), settings, registry, promote=True)
+    classifier = OnnxClassifier(registry.bundle_path(ModelName.parse("t/m")))
+    classifier.load()
+
+    async def scenario() -> None:
+        model = _model(classifier)
+        task = asyncio.create_task(Batcher(max_size=64, max_wait_ms=50).run(model))
+        requests = [["a poisoned \ud800 text"] if i % 4 == 1 else [f"valid text {i}", "another"] for i in range(12)]
+        answers = await asyncio.gather(*(_ask(model, texts) for texts in requests), return_exceptions=True)
+        for texts, answer in zip(requests, answers, strict=True):
+            if "\ud800" in texts[0]:
+                assert isinstance(answer, InvalidRequest) and "tokenizer cannot read" in answer.message
+            else:
+                assert isinstance(answer, list) and len(answer) == 2
+        task.cancel()
 
     asyncio.run(scenario())

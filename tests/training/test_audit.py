@@ -38,7 +38,7 @@ def test_planted_label_errors_are_flagged_with_their_upload_row(tmp_path: Path, 
     train, validation, planted = _planted(keyword_rows(300), flips=15, seed=0)
     audit = audit_run(str(tiny_model_dir), train, validation, ["ham", "spam"], tmp_path / "issues.csv", seed=0)
     listed = _flagged_rows(tmp_path / "issues.csv")
-    assert tuple(listed[0]) == ISSUE_COLUMNS
+    assert list(listed[0]) == ISSUE_COLUMNS
     flagged = {int(r["row"]) for r in listed}
     assert len(flagged & planted) >= 10, f"found {len(flagged & planted)} of 15 planted errors"
     assert len(flagged & planted) / len(flagged) >= 0.7, "most flagged rows are planted errors"
