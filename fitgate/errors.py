@@ -23,6 +23,7 @@ turns them into JSON in one place (``service/http_errors.py``).
     ├── RegistryConflict (409)     the registry cannot do that now (e.g. nothing to roll back to)
     ├── JobConflict (409)          the job is in a state that does not allow this (e.g. cancel a finished one)
     ├── TrainingCancelled (409)    the run was cancelled between two steps
+    ├── TooManyJobs (429)          the team has as many jobs queued or running as it may
     ├── NoModelDeployed (503)      nothing is promoted yet, so /predict has no model to answer with
     ├── ConfigurationError (500)   an operator setting is invalid (the message names it)
     ├── ExportError (500)          export or its parity check failed: nothing is registered
@@ -158,6 +159,12 @@ class TrainingCancelled(FitgateError):
     """Raised at a step boundary after a cancel request; nothing is exported."""
 
     status_code = 409
+
+
+class TooManyJobs(FitgateError):
+    """A team's queued and running jobs are at its limit: no team may hold every trainer."""
+
+    status_code = 429
 
 
 class LeaseLost(FitgateError):

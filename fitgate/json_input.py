@@ -25,7 +25,7 @@ class JsonLimits:
     max_number_chars: int = 64
     """Characters of one number literal: a float needs at most 25, an int64 20."""
     max_chars: int = 1 << 20
-    """Characters of one document (a form field, a JSONL line)."""
+    """Characters of one document: a JSONL line (a form field has its own, smaller setting)."""
 
 
 DEFAULT_LIMITS = JsonLimits()

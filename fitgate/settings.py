@@ -75,8 +75,11 @@ class Settings(BaseSettings):
     """JSON list of API tokens: [{"sha256": "...", "team": "...", "roles": ["predict", "finetune", "admin"]}]."""
     tokens_file: Path | None = None
     """A file holding the same JSON list (for a mounted Kubernetes Secret)."""
-    predict_requires_token: bool = False
-    """When false, anyone who can reach the service may call /predict."""
+    predict_requires_token: bool = True
+    """With tokens configured, /predict, GET /models and drift need a token, and a team's token reaches its own
+    models only. false opens them to callers without a token, for every team's models: choose it only where
+    every caller who can reach the service may use every model. (With no tokens configured, anyone who can
+    reach the service may predict.)"""
     default_model: str | None = None
     """team/name answered when /predict names no model (default: the most recently promoted one)."""
     auto_promote: bool = True
@@ -96,6 +99,15 @@ class Settings(BaseSettings):
     server. It counts mapped libraries too: the process maps about 1.5 GB before training starts, plus
     64 MB per glibc malloc arena (set MALLOC_ARENA_MAX=2 on many-core hosts). CPU training only: CUDA
     reserves tens of GB of address space at start-up."""
+    max_jobs_per_team: int = Field(4, ge=1, le=1000)
+    """Fine-tune jobs one team may have queued or running at once; more are refused (429) until one ends, so
+    no team can hold every trainer or fill the queue ahead of the others."""
+    max_job_steps: int = Field(100_000, ge=1)
+    """Optimizer steps one job may plan (max_steps, or epochs x batches per epoch); a request over it is refused
+    at upload, before anything is stored. 100,000 steps of batch 32 is 3.2 million examples seen."""
+    max_job_seconds: float = Field(6 * 3600, ge=60)
+    """Wall time one job may run, repair attempts included; its trainer stops it then, records it failed with
+    this limit as the reason, and takes the next job."""
     max_upload_bytes: int = Field(50 * 2**20, ge=1024)
     """Largest upload accepted by /finetune (streamed to disk, never held in memory)."""
     max_texts_per_request: int = Field(256, ge=1, le=100_000)
@@ -106,8 +118,8 @@ class Settings(BaseSettings):
     """Nesting of arrays and objects in a JSON form field (the training parameters); deeper is refused."""
     json_max_number_chars: int = Field(JsonLimits.max_number_chars, ge=20, le=4000)
     """Characters of one number in a JSON form field; longer is refused."""
-    json_max_chars: int = Field(JsonLimits.max_chars, ge=1024)
-    """Characters of one JSON form field; longer is refused."""
+    json_max_chars: int = Field(64 * 1024, ge=1024, le=JsonLimits.max_chars)
+    """Characters of one JSON form field; longer is refused (training parameters take a few hundred)."""
     workers: int = Field(1, ge=1, le=64)
     """Worker processes serving HTTP; each holds its own copy of the models it serves."""
     batch_max_size: int | None = Field(None, ge=1, le=1024)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from fitgate.errors import InvalidModelName
 
-_PART = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,28}[a-z0-9])?$")
+_PART = re.compile(r"[a-z0-9]([a-z0-9_-]{0,28}[a-z0-9])?")  # matched whole: fullmatch (a "$" let "x\n" in)
 
 
 @dataclass(frozen=True, order=True)
@@ -19,7 +19,7 @@ class ModelName:
     def parse(cls, value: str) -> ModelName:
         """Accept ``team/name``; each part 1-30 chars of a-z, 0-9, '-', '_', starting alphanumeric."""
         parts = value.split("/") if isinstance(value, str) else []
-        if len(parts) != 2 or not all(_PART.match(p) for p in parts):
+        if len(parts) != 2 or not all(_PART.fullmatch(p) for p in parts):
             raise InvalidModelName(
                 f"model name {value!r} is invalid: use team/name, each part 1-30 characters of lowercase "
                 "letters, digits, '-' or '_', starting and ending with a letter or digit (e.g. support/ticket-router)"

@@ -28,7 +28,8 @@ from service.auth import Caller, Role
 from service.console import SECURITY_HEADERS, add_console
 from service.core import Fitgate
 from service.http_errors import error_responses, install_error_handlers
-from service.middleware import BodyLimit, LineBreakInPath, SecurityHeaders
+from service.http_metrics import install as label_http_metrics_by_route
+from service.middleware import BodyLimit, SecurityHeaders, UnknownPaths
 from service.monitoring import PREDICT_LATENCY
 from service.request_timeout import install as cancel_request_timers
 from service.uploads import SERVER_ONLY_ARGUMENTS
@@ -102,6 +103,10 @@ class CallerOut(BaseModel):
     )
     team: str | None = Field(description="the token's team; null for an anonymous loopback caller")
     roles: list[str]
+    predict_needs_token: bool = Field(
+        description="whether /predict, GET /models and drift refuse callers without a token (false: open to "
+        "anyone who can reach the service, for every team's models)"
+    )
 
 
 class UploadCheck(BaseModel):
@@ -252,10 +257,13 @@ def create_app(settings: Settings) -> FastAPI:
         """Who the token (or, with no tokens configured, this address) is, and what it may do."""
         caller = fitgate.auth.identify(authorization, request.client.host if request.client else None)
         return CallerOut(
-            mode="loopback" if caller.loopback_only_mode else "tokens", team=caller.team, roles=sorted(caller.roles)
+            mode="loopback" if caller.loopback_only_mode else "tokens",
+            team=caller.team,
+            roles=sorted(caller.roles),
+            predict_needs_token=fitgate.auth.predict_needs_token,
         )
 
-    @app.post("/finetune", status_code=202, responses=errors(413, 507))
+    @app.post("/finetune", status_code=202, responses=errors(413, 429, 507))
     async def finetune(
         file: Annotated[UploadFile, File(description="labelled CSV, TSV or JSONL")],
         model_name: Annotated[str, Form(description="team/name")],
@@ -299,10 +307,10 @@ def create_app(settings: Settings) -> FastAPI:
         fitgate.job_for(job_id, caller)
         return JobOut(**fitgate.jobs.request_cancel(job_id).public())
 
-    @app.post("/jobs/{job_id}/retry", responses=errors(404, 409))
+    @app.post("/jobs/{job_id}/retry", responses=errors(404, 409, 429))
     async def retry_job(job_id: str, fitgate: State, caller: Annotated[Caller, caller_for("finetune")]) -> JobOut:
         fitgate.job_for(job_id, caller)
-        return JobOut(**fitgate.jobs.retry(job_id).public())
+        return JobOut(**fitgate.jobs.retry(job_id, fitgate.settings.max_jobs_per_team).public())
 
     def run_file(fitgate: Fitgate, job_id: str, caller: Caller, name: str, media_type: str) -> FileResponse:
         """A file of the job's run (its chosen attempt's, when it was repaired)."""
@@ -404,6 +412,7 @@ def create_app(settings: Settings) -> FastAPI:
 SETTINGS = Settings()
 api = create_app(SETTINGS)
 cancel_request_timers()
+label_http_metrics_by_route(api.routes)
 
 
 @bentoml.service(name="fitgate", workers=SETTINGS.workers, http={"port": int(os.environ.get("FITGATE_PORT", "3000"))})
@@ -424,4 +433,6 @@ class FitgateService:
 
 
 # mypy reads a decorated class as the class itself; @bentoml.service made it a bentoml.Service
-cast("bentoml.Service[FitgateService]", FitgateService).add_asgi_middleware(LineBreakInPath)
+cast("bentoml.Service[FitgateService]", FitgateService).add_asgi_middleware(
+    UnknownPaths, routes=api.routes, headers=SECURITY_HEADERS
+)

@@ -77,6 +77,11 @@ class Authenticator:
                 "no API tokens configured: fine-tune, cancel, promote and rollback are accepted from loopback only"
             )
 
+    @property
+    def predict_needs_token(self) -> bool:
+        """Whether predict-role routes refuse a caller without a token (never, when no tokens are configured)."""
+        return bool(self.tokens) and self.settings.predict_requires_token
+
     def _match(self, token: str) -> TokenEntry | None:
         digest = hash_token(token)
         found = None
@@ -94,7 +99,7 @@ class Authenticator:
                 "no API tokens are configured on this server, so fine-tuning and model changes are accepted "
                 "from loopback only; configure FITGATE_TOKENS to allow remote callers"
             )
-        if role == "predict" and not self.settings.predict_requires_token and not authorization:
+        if role == "predict" and not self.predict_needs_token and not authorization:
             return Caller(team=None, roles=frozenset({"predict"}))
         caller = self._token_caller(authorization)
         if role not in caller.roles and not caller.is_admin:

@@ -41,6 +41,7 @@ ERROR_DESCRIPTIONS = {
     409: "The model or job is in a state that does not allow this.",
     413: "The request body is over the configured size limit.",
     422: "The request is invalid: the message names the field and the problem.",
+    429: "The team has as many fine-tune jobs queued or running as it may; wait for one to end, or cancel one.",
     503: "No model is deployed yet, or the named model has no promoted version.",
     507: "The server is out of disk space; nothing was stored. Retry later; operators must free space.",
 }

@@ -37,6 +37,7 @@ from typing import Any
 from sqlalchemy import (
     Column,
     ColumnElement,
+    Connection,
     Double,
     Index,
     Integer,
@@ -56,7 +57,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from fitgate.database import engine_for, migrate, read, write
-from fitgate.errors import FitgateError, JobConflict, JobNotFound, LeaseLost
+from fitgate.errors import FitgateError, JobConflict, JobNotFound, LeaseLost, TooManyJobs
 from fitgate.settings import Settings
 from service.monitoring import record_job_outcome, record_queue
 
@@ -203,8 +204,33 @@ class JobStore:
             return JOBS.c.id == job_id
         return and_(JOBS.c.id == job_id, JOBS.c.lease_generation == generation)
 
-    def create(self, job_id: str, team: str, model_name: str, arguments: dict[str, Any], upload: Path) -> Job:
-        with write(self.engine) as db:
+    @staticmethod
+    def _refuse_over_limit(db: Connection, team: str, max_active: int | None) -> None:
+        """Raise TooManyJobs when ``team`` already has ``max_active`` jobs queued or running (inside the write)."""
+        if max_active is None:
+            return
+        active = db.execute(
+            select(func.count()).select_from(JOBS).where(JOBS.c.team == team, JOBS.c.status.in_(("queued", "running")))
+        ).scalar_one()
+        if active >= max_active:
+            raise TooManyJobs(
+                f"team {team} has {active} fine-tune jobs queued or running, the most a team may have at once "
+                f"(FITGATE_MAX_JOBS_PER_TEAM={max_active}); wait for one to end or cancel one "
+                "(POST /jobs/{id}/cancel), then send this again"
+            )
+
+    def create(
+        self,
+        job_id: str,
+        team: str,
+        model_name: str,
+        arguments: dict[str, Any],
+        upload: Path,
+        max_active: int | None = None,
+    ) -> Job:
+        """Queue a job; with ``max_active``, refuse it (TooManyJobs) when its team already has that many."""
+        with write(self.engine, lock=f"fitgate.jobs.team:{team}") as db:
+            self._refuse_over_limit(db, team, max_active)
             db.execute(
                 JOBS.insert().values(
                     id=job_id,
@@ -398,13 +424,14 @@ class JobStore:
             )
         return self.get(job_id)
 
-    def retry(self, job_id: str) -> Job:
+    def retry(self, job_id: str, max_active: int | None = None) -> Job:
         job = self.get(job_id)
         if job.status not in ("failed", "cancelled"):
             raise JobConflict(f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried")
         if not Path(job.upload).exists():
             raise JobConflict(f"the upload of job {job_id} is no longer kept; upload the data again")
-        with write(self.engine) as db:
+        with write(self.engine, lock=f"fitgate.jobs.team:{job.team}") as db:
+            self._refuse_over_limit(db, job.team, max_active)
             db.execute(
                 update(JOBS)
                 .where(JOBS.c.id == job_id, JOBS.c.status.in_(("failed", "cancelled")))
@@ -420,6 +447,14 @@ class JobStore:
                 )
             )
         return self.get(job_id)
+
+    def controls(self, job_ids: list[str]) -> dict[str, tuple[bool, float | None]]:
+        """Per job: whether a cancel was requested and when it started, as its trainer enforces them."""
+        with read(self.engine) as db:
+            rows = db.execute(
+                select(JOBS.c.id, JOBS.c.cancel_requested, JOBS.c.started_at).where(JOBS.c.id.in_(job_ids))
+            ).all()
+        return {row.id: (bool(row.cancel_requested), row.started_at) for row in rows}
 
     def queue_depth(self) -> tuple[int, dict[str, int]]:
         """Jobs waiting for a trainer, and jobs running under a live lease per trainer."""
@@ -473,11 +508,26 @@ def _is_worker_of(pid: int, job_id: str) -> bool:
         return False
 
 
+CANCEL_GRACE_SECONDS = 3.0
+"""A cancelled job's training process stops itself at its next step; one still running this long after the
+cancel (in a long evaluation, an export, or stuck) is killed, so a cancel frees its trainer at once."""
+CANCELLED_BY_REQUEST = "cancelled by request; nothing was deployed"
+
+
+def overdue_reason(limit_seconds: float) -> str:
+    return (
+        f"the job ran longer than the {limit_seconds / 3600:g} hours a job may run (FITGATE_MAX_JOB_SECONDS) and was "
+        "stopped; nothing was deployed. Train on fewer rows, for fewer epochs or with a smaller max_length, or ask "
+        "the operators to raise the limit"
+    )
+
+
 @dataclass
 class _Child:
     process: subprocess.Popen[bytes]
     generation: int
     renewed: float  # time.monotonic() of the last renewal
+    cancel_seen: float | None = None  # time.monotonic() when this trainer first saw the job's cancel request
 
 
 class JobRunner:
@@ -500,6 +550,7 @@ class JobRunner:
             try:
                 self._reap()
                 self._renew()
+                self._stop_cancelled_and_overdue()
                 while claim := self.store.claim_next(
                     self.trainer, self.settings.max_running_jobs, self.settings.lease_seconds
                 ):
@@ -549,6 +600,29 @@ class JobRunner:
             child.process.kill()
             child.process.wait()
             del self._children[job_id]
+
+    def _stop_cancelled_and_overdue(self) -> None:
+        """Kill the training process of a job that ran past ``max_job_seconds``, or that still runs a few seconds
+        after its cancel; its outcome is recorded first, so the next claim may take the freed slot at once."""
+        if not self._children:
+            return
+        controls = self.store.controls(list(self._children))
+        for job_id, child in list(self._children.items()):
+            if child.process.poll() is not None or job_id not in controls:
+                continue
+            cancel_requested, started_at = controls[job_id]
+            if started_at is not None and time.time() - started_at > self.settings.max_job_seconds:
+                self._stop(job_id, child, "failed", overdue_reason(self.settings.max_job_seconds))
+            elif cancel_requested:
+                child.cancel_seen = child.cancel_seen or time.monotonic()
+                if time.monotonic() - child.cancel_seen > CANCEL_GRACE_SECONDS:
+                    self._stop(job_id, child, "cancelled", CANCELLED_BY_REQUEST)
+
+    def _stop(self, job_id: str, child: _Child, status: str, reason: str) -> None:
+        log.warning("job %s: stopping its training process (%s): %s", job_id, status, reason)
+        self.store.finish(job_id, status, reason=reason, generation=child.generation)
+        child.process.kill()
+        child.process.wait(timeout=30)  # reaped on the next iteration, which records its metrics
 
     def _reap(self) -> None:
         for job_id, child in list(self._children.items()):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from fastapi.responses import JSONResponse
+from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fitgate.errors import PayloadTooLarge
@@ -51,24 +54,34 @@ class BodyLimit:
                 raise
 
 
-class LineBreakInPath:
-    """ASGI middleware around the whole BentoML app: a URL path with a line break (%0A) gets the usual JSON 422.
+class UnknownPaths:
+    """ASGI middleware around the whole BentoML app: a path no route serves gets the usual JSON error.
 
-    BentoML mounts fitgate's routes with a Starlette ``Mount`` whose pattern (``.*``) stops at a line break,
-    so such a request never reached fitgate's handlers and got the outer router's plain-text 404 instead.
+    BentoML answers a path that neither it nor the mounted fitgate app routes with a plain-text 404 without
+    fitgate's security headers; and its mount pattern (``.*``) stops at a line break, so a path with %0A never
+    reached fitgate's handlers. Both now get fitgate's JSON error body and headers: 404, or 422 for a line break.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute], headers: dict[str, str]) -> None:
         self.app = app
+        self.routes = routes
+        self.headers = headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and "\n" in scope["path"]:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+        elif "\n" in scope["path"]:
             invalid = error_body(
                 "InvalidRequest", "the URL path contains a line break (%0A); no route, model name or job id does"
             )
-            await JSONResponse(invalid, status_code=422)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+            await JSONResponse(invalid, status_code=422, headers=self.headers)(scope, receive, send)
+        elif route_template(self.routes, scope) == UNMATCHED_ROUTE:
+            unknown = error_body(
+                "NotFound", f"no route {scope['path'][:200]!r}; the API's routes are listed at /docs (or /openapi.json)"
+            )
+            await JSONResponse(unknown, status_code=404, headers=self.headers)(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 class SecurityHeaders:
@@ -93,3 +106,25 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+UNMATCHED_ROUTE = "/{unmatched}"
+BENTOML_PATHS = frozenset({"/", "/livez", "/healthz", "/readyz", "/metrics", "/schema.json", "/docs.json"})
+BENTOML_PREFIXES = ("/assets/", "/static_content/")  # the files of BentoML's index page at /
+
+
+def route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
+    """The route a request goes to, as its template (``/jobs/{job_id}``): a bounded set of values.
+
+    fitgate's routes by their templates, BentoML's own paths as they are, everything else one value.
+    """
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            template: str = getattr(route, "path", UNMATCHED_ROUTE)
+            return f"{template}/{{path}}" if isinstance(route, Mount) else template
+    path: str = scope["path"]
+    if path in BENTOML_PATHS:
+        return path
+    prefix = next((p for p in BENTOML_PREFIXES if path.startswith(p)), None)
+    return f"{prefix}{{path}}" if prefix else UNMATCHED_ROUTE

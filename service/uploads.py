@@ -8,20 +8,30 @@ now with its specific message instead of minutes later in a failed job.
 from __future__ import annotations
 
 import asyncio
+import math
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from starlette.datastructures import UploadFile
 
 from fitgate.devices import cuda_device_count
-from fitgate.errors import DataError, DeviceUnavailable, DiskFull, InvalidRequest, PayloadTooLarge, is_disk_full
+from fitgate.errors import (
+    ArgumentsError,
+    DataError,
+    DeviceUnavailable,
+    DiskFull,
+    InvalidRequest,
+    PayloadTooLarge,
+    is_disk_full,
+)
 from fitgate.json_input import DEFAULT_LIMITS, JsonLimits, load_json
 from fitgate.settings import Settings
 from models.names import ModelName
 from service.jobs import Job, JobStore
-from training.arguments import TrainingArguments, parse_arguments
+from training.arguments import TrainingArguments, parse_arguments, plan_schedule
 from training.data import parse_table
 from training.splits import load_splits
 
@@ -53,6 +63,23 @@ class UploadIntake:
                 "send device 'auto' (uses a GPU when the server has one) or 'cpu'"
             )
 
+    def check_length(self, args: TrainingArguments, train_rows: int) -> None:
+        """Refuse a run that would plan more optimizer steps than a job may take (FITGATE_MAX_JOB_STEPS)."""
+        planned, limit = plan_schedule(train_rows, args).total_steps, self.settings.max_job_steps
+        if planned > limit:
+            source = (
+                "max_steps"
+                if args.max_steps
+                else (
+                    f"{args.num_train_epochs} epochs of {math.ceil(train_rows / args.per_device_train_batch_size):,} "
+                    f"batches ({train_rows:,} training rows, batch size {args.per_device_train_batch_size})"
+                )
+            )
+            raise ArgumentsError(
+                f"this run would take {planned:,} optimizer steps ({source}), more than the {limit:,} a job may take "
+                "(FITGATE_MAX_JOB_STEPS): ask for fewer steps or epochs, or a larger per_device_train_batch_size"
+            )
+
     def _suffix(self, file: UploadFile) -> str:
         suffix = Path(file.filename or "").suffix.lower()
         if suffix not in UPLOAD_SUFFIXES:
@@ -73,7 +100,7 @@ class UploadIntake:
         with tempfile.TemporaryDirectory(prefix=".dry-run-", dir=self.settings.data_dir) as folder:
             target = Path(folder) / f"data{suffix}"
             await self._store(file, target)
-            return await asyncio.to_thread(_inspect_file, target, args, file.filename or target.name)
+            return await asyncio.to_thread(_inspect_file, target, args, file.filename or target.name, self.check_length)
 
     async def accept(self, file: UploadFile, name: ModelName, parameters: str) -> Job:
         """Validate, store and queue; on any refusal the stored upload is removed again."""
@@ -86,8 +113,16 @@ class UploadIntake:
         target = folder / f"data{suffix}"  # never the client's file name: nothing escapes the data directory
         try:
             await self._store(file, target)
-            await asyncio.to_thread(load_splits, target, args)
-            return self.jobs.create(job_id, name.team, str(name), args.model_dump(exclude_defaults=True), target)
+            splits, _ = await asyncio.to_thread(load_splits, target, args)
+            self.check_length(args, len(splits.train))
+            return self.jobs.create(
+                job_id,
+                name.team,
+                str(name),
+                args.model_dump(exclude_defaults=True),
+                target,
+                max_active=self.settings.max_jobs_per_team,
+            )
         except BaseException as exc:
             shutil.rmtree(folder, ignore_errors=True)  # nothing is kept for a request that was refused
             if is_disk_full(exc):
@@ -108,13 +143,16 @@ class UploadIntake:
                 out.write(chunk)
 
 
-def _inspect_file(path: Path, args: TrainingArguments, file_name: str) -> dict[str, Any]:
+def _inspect_file(
+    path: Path, args: TrainingArguments, file_name: str, check_length: Callable[[TrainingArguments, int], None]
+) -> dict[str, Any]:
     """Read and split ``path`` exactly as training will; a refusal becomes part of the answer."""
     answer: dict[str, Any] = {"file_name": file_name, "columns": [], "accepted": False, "refusal": None}
     try:
         answer["columns"] = parse_table(path.read_bytes(), path.suffix.lower())[1]
         splits, report = load_splits(path, args)
-    except DataError as exc:
+        check_length(args, len(splits.train))
+    except (DataError, ArgumentsError) as exc:
         answer["refusal"] = {"type": type(exc).__name__, "message": exc.message}
         return answer
     return answer | {

@@ -7,6 +7,8 @@ into every run directory.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -220,3 +222,24 @@ def parse_arguments(values: dict[str, object]) -> TrainingArguments:
             f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}" for err in exc.errors()
         )
         raise ArgumentsError(f"invalid training arguments: {problems}") from exc
+
+
+@dataclass(frozen=True)
+class Schedule:
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int
+
+    def epoch(self, step: int) -> float:
+        return round(step / self.steps_per_epoch, 3)
+
+
+def plan_schedule(train_rows: int, args: TrainingArguments) -> Schedule:
+    """Steps per epoch, the run's length, and how often it is evaluated."""
+    steps_per_epoch = math.ceil(train_rows / args.per_device_train_batch_size)
+    long_epoch = steps_per_epoch > args.long_epoch_steps
+    return Schedule(
+        steps_per_epoch=steps_per_epoch,
+        total_steps=args.max_steps or steps_per_epoch * args.num_train_epochs,
+        eval_every=args.eval_steps or (args.long_epoch_eval_steps if long_epoch else steps_per_epoch),
+    )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -30,7 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 from fitgate.devices import usable_cpus
 from fitgate.errors import DeviceUnavailable, TrainingCancelled
 from training import batching, evaluation, losses, modeling
-from training.arguments import TrainingArguments
+from training.arguments import Schedule, TrainingArguments, plan_schedule
 from training.audit import audit_run
 from training.checkpoint import Checkpoint, LossWindow, RandomState, load_checkpoint, remove_checkpoint, save_checkpoint
 from training.curves import CurvePoint, save_curves
@@ -147,27 +146,6 @@ def train_eval_rows(args: TrainingArguments, validation_rows: int) -> int:
 
 
 # --- optimizer, schedule, loss ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Schedule:
-    steps_per_epoch: int
-    total_steps: int
-    eval_every: int
-
-    def epoch(self, step: int) -> float:
-        return round(step / self.steps_per_epoch, 3)
-
-
-def plan_schedule(train_rows: int, args: TrainingArguments) -> Schedule:
-    """Steps per epoch, the run's length, and how often it is evaluated."""
-    steps_per_epoch = math.ceil(train_rows / args.per_device_train_batch_size)
-    long_epoch = steps_per_epoch > args.long_epoch_steps
-    return Schedule(
-        steps_per_epoch=steps_per_epoch,
-        total_steps=args.max_steps or steps_per_epoch * args.num_train_epochs,
-        eval_every=args.eval_steps or (args.long_epoch_eval_steps if long_epoch else steps_per_epoch),
-    )
 
 
 @dataclass

@@ -84,7 +84,14 @@ class Server:
         raise AssertionError(f"job {job_id} did not reach {statuses}: {job}")
 
 
-def make_server(tmp: Path, tiny_model_dir: Path, tokens: bool = True, bind: str = "127.0.0.1", **extra: str) -> Server:
+def make_server(
+    tmp: Path,
+    tiny_model_dir: Path,
+    tokens: bool = True,
+    bind: str = "127.0.0.1",
+    anonymous_predict: bool = True,
+    **extra: str,
+) -> Server:
     env = {
         **os.environ,
         "FITGATE_DATA_DIR": str(tmp / "data"),
@@ -95,6 +102,8 @@ def make_server(tmp: Path, tiny_model_dir: Path, tokens: bool = True, bind: str 
         **extra,
     }
     if tokens:
+        if anonymous_predict:  # scenario tests predict without a token; the default is tested with False
+            env.setdefault("FITGATE_PREDICT_REQUIRES_TOKEN", "false")
         env["FITGATE_TOKENS"] = json.dumps(
             [{"sha256": hash_token(t), "team": ("team-b" if who == "team-b" else "team-a"), "roles": roles}
              for who, (t, roles) in TOKENS.items()]

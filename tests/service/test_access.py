@@ -45,7 +45,7 @@ def headers(who: str) -> dict[str, str]:
 def deployment(
     tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, healthy_run: Path
 ) -> Iterator[Deployment]:
-    srv = make_server(tmp_path_factory.mktemp("access"), tiny_model_dir, FITGATE_PREDICT_REQUIRES_TOKEN="true",
+    srv = make_server(tmp_path_factory.mktemp("access"), tiny_model_dir, anonymous_predict=False,
                       FITGATE_TRAINING_ENABLED="false")  # fmt: skip
     settings = Settings(data_dir=srv.data_dir)
     version = release(healthy_run, ModelName.parse("team-a/spam"), settings, open_registry(settings), promote=True)

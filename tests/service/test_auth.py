@@ -59,12 +59,23 @@ def test_teams_only_touch_their_own_models(monkeypatch: pytest.MonkeyPatch) -> N
     auth.require_model_access(auth.authenticate("Bearer root", "10.0.0.1", "finetune"), theirs)
 
 
-def test_predict_can_require_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    open_predict = _auth(monkeypatch, TOKENS)
-    assert open_predict.authenticate(None, "10.0.0.1", "predict").team is None
-    closed = _auth(monkeypatch, TOKENS, FITGATE_PREDICT_REQUIRES_TOKEN="true")
+def test_with_tokens_configured_predict_needs_a_token_unless_an_operator_opens_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Secure by default: leaving the token out must not be a way around team scoping."""
+    closed = _auth(monkeypatch, TOKENS)
+    assert closed.predict_needs_token
     with pytest.raises(Unauthorized):
         closed.authenticate(None, "10.0.0.1", "predict")
+    opened = _auth(monkeypatch, TOKENS, FITGATE_PREDICT_REQUIRES_TOKEN="false")
+    assert not opened.predict_needs_token
+    assert opened.authenticate(None, "10.0.0.1", "predict").team is None
+
+
+def test_without_tokens_configured_anyone_may_predict(monkeypatch: pytest.MonkeyPatch) -> None:
+    auth = _auth(monkeypatch, [])
+    assert not auth.predict_needs_token
+    assert auth.authenticate(None, "10.0.0.1", "predict").loopback_only_mode
 
 
 def test_a_plain_token_in_the_configuration_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

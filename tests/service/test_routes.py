@@ -113,7 +113,7 @@ def test_cancelling_an_ended_job_is_a_job_conflict(client: TestClient) -> None:
 
 
 def test_predict_without_a_deployed_model_says_how_to_deploy_one(client: TestClient) -> None:
-    answer = client.post("/predict", json={"texts": ["hello"]})
+    answer = client.post("/predict", headers=bearer("team-a"), json={"texts": ["hello"]})
     assert answer.status_code == 503
     assert answer.json()["error"]["type"] == "NoModelDeployed" and "POST /finetune" in answer.json()["error"]["message"]
 
@@ -122,7 +122,9 @@ def test_predict_answers_with_the_promoted_version_on_onnx_runtime(settings: Set
     name = ModelName.parse("team-a/spam")
     released = release(healthy_run, name, settings, open_registry(settings), promote=True)
     with TestClient(attach(create_app(settings), Fitgate(settings)), client=("127.0.0.1", 5000)) as client:
-        answer = client.post("/predict", json={"texts": ["win cash prize now", "see you at lunch"]})
+        answer = client.post(
+            "/predict", headers=bearer("team-a"), json={"texts": ["win cash prize now", "see you at lunch"]}
+        )
     assert answer.status_code == 200
     body = answer.json()
     assert (body["model"], body["version"]) == ("team-a/spam", released.version)
@@ -191,13 +193,18 @@ def test_whoami_names_the_tokens_team_refuses_a_wrong_token_and_says_when_there_
     client: TestClient, tmp_path: Path
 ) -> None:
     me = client.get("/whoami", headers=bearer("team-b")).json()
-    assert me == {"mode": "tokens", "team": "team-b", "roles": ["finetune", "predict"]}
+    assert me == {"mode": "tokens", "team": "team-b", "roles": ["finetune", "predict"], "predict_needs_token": True}
     wrong = client.get("/whoami", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.json()["error"]["message"] == "invalid API token"
     open_settings = Settings(data_dir=tmp_path / "open")
     for host, roles in (("127.0.0.1", ["admin", "finetune", "predict"]), ("10.1.2.3", ["predict"])):
         with TestClient(attach(create_app(open_settings), Fitgate(open_settings)), client=(host, 5000)) as c:
-            assert c.get("/whoami").json() == {"mode": "loopback", "team": None, "roles": roles}
+            assert c.get("/whoami").json() == {
+                "mode": "loopback",
+                "team": None,
+                "roles": roles,
+                "predict_needs_token": False,
+            }
 
 
 def test_a_version_other_than_the_served_one_can_be_tried_and_is_not_monitored(
@@ -209,9 +216,9 @@ def test_a_version_other_than_the_served_one_can_be_tried_and_is_not_monitored(
     second = release(healthy_run, name, settings, registry, promote=True).version
     texts = {"texts": ["win cash prize now"], "model": "team-a/spam"}
     with TestClient(attach(create_app(settings), Fitgate(settings)), client=("127.0.0.1", 5000)) as client:
-        served = client.post("/predict", json=texts).json()
-        tried = client.post("/predict", json={**texts, "version": first}).json()
-        unknown = client.post("/predict", json={**texts, "version": "nope"})
+        served = client.post("/predict", headers=bearer("team-a"), json=texts).json()
+        tried = client.post("/predict", headers=bearer("team-a"), json={**texts, "version": first}).json()
+        unknown = client.post("/predict", headers=bearer("team-a"), json={**texts, "version": "nope"})
         drift = client.get("/models/team-a/spam/drift", headers=bearer("team-a")).json()
         other_team = client.get("/models/team-a/spam/drift", headers=bearer("team-b"))
         missing = client.get("/models/team-a/none/drift", headers=bearer("team-a"))
@@ -231,10 +238,12 @@ def test_a_pinned_version_answers_even_before_this_worker_switched_to_it(setting
     texts = {"texts": ["win cash prize now"], "model": "team-a/spam"}
     slow_refresh = settings.model_copy(update={"model_refresh_seconds": 60.0})
     with TestClient(attach(create_app(slow_refresh), Fitgate(slow_refresh)), client=("127.0.0.1", 5000)) as client:
-        assert client.post("/predict", json=texts).json()["version"] == first  # this worker now serves it
+        assert (
+            client.post("/predict", headers=bearer("team-a"), json=texts).json()["version"] == first
+        )  # this worker now serves it
         second = release(healthy_run, name, settings, registry, promote=True).version  # current, not yet served
-        pinned = client.post("/predict", json={**texts, "version": second}).json()
-        unpinned = client.post("/predict", json=texts).json()
+        pinned = client.post("/predict", headers=bearer("team-a"), json={**texts, "version": second}).json()
+        unpinned = client.post("/predict", headers=bearer("team-a"), json=texts).json()
     assert pinned["version"] == second
     assert unpinned["version"] == first  # until the refresh, as the predict path documents
 
@@ -273,3 +282,112 @@ def test_every_response_carries_the_content_security_policy_and_the_pages_have_n
             assert "<script>" not in response.text and "https://" not in response.text, path
     assert client.get("/docs/assets/swagger-ui-bundle.js").status_code == 200
     assert client.get("/console/assets/vendor/uplot/LICENSE").status_code == 200
+
+
+# --- hostile input refused at the door (the whole corpus, against a real server: test_hostile.py) ----------------
+
+
+def test_a_team_at_its_job_limit_is_refused_with_429_and_other_teams_are_not(settings: Settings) -> None:
+    limited = settings.model_copy(update={"max_jobs_per_team": 2})
+    with TestClient(attach(create_app(limited), Fitgate(limited)), client=("127.0.0.1", 5000)) as client:
+        first, second = upload(client), upload(client)
+        refused = upload(client)
+        assert refused["http"] == 429, refused
+        assert "FITGATE_MAX_JOBS_PER_TEAM=2" in refused["error"]["message"]  # type: ignore[index]
+        assert upload(client, team="team-b")["http"] == 202
+        client.post(f"/jobs/{first['job_id']}/cancel", headers=bearer("team-a"))
+        assert upload(client)["http"] == 202  # a cancelled job frees its place
+        retry = client.post(f"/jobs/{first['job_id']}/retry", headers=bearer("team-a"))
+        assert retry.status_code == 429  # a retry queues again, so it counts too
+        assert client.get(f"/jobs/{second['job_id']}", headers=bearer("team-a")).json()["status"] == "queued"
+
+
+def test_a_run_over_the_step_limit_is_refused_at_upload_and_in_the_dry_run(settings: Settings) -> None:
+    limited = settings.model_copy(update={"max_job_steps": 1000})
+    with TestClient(attach(create_app(limited), Fitgate(limited)), client=("127.0.0.1", 5000)) as client:
+        refused = upload(client, parameters='{"max_steps": 1000000000000}')
+        assert refused["http"] == 422
+        assert "1,000,000,000,000 optimizer steps" in refused["error"]["message"]  # type: ignore[index]
+        assert "FITGATE_MAX_JOB_STEPS" in refused["error"]["message"]  # type: ignore[index]
+        epochs = upload(client, parameters='{"num_train_epochs": 100, "per_device_train_batch_size": 1}')
+        assert epochs["http"] == 422 and "100 epochs of" in epochs["error"]["message"]  # type: ignore[index]
+        dry = client.post(
+            "/finetune/validate",
+            headers=bearer("team-a"),
+            files={"file": ("d.csv", CSV)},
+            data={"parameters": '{"max_steps": 5000}'},
+        ).json()
+        assert not dry["accepted"] and "FITGATE_MAX_JOB_STEPS" in dry["refusal"]["message"]
+        assert upload(client, parameters='{"max_steps": 1000}')["http"] == 202
+    assert len(list((limited.data_dir / "uploads").iterdir())) == 1  # the refused uploads left nothing behind
+
+
+@pytest.mark.parametrize(
+    ("parameters", "words"),
+    [
+        ("[" * 10_000 + "]" * 10_000, "deeper than the limit of 32"),
+        ('{"seed": ' + "[" * 40 + "]" * 40 + "}", "deeper than the limit of 32"),
+        ('{"seed": ' + "9" * 5000 + "}", "a number of 5,000 characters"),
+        ('{"learning_rate": 0.' + "1" * 100 + "}", "a number of 102 characters"),
+        ('{"learning_rate": NaN}', "NaN, which is not a JSON number"),
+        ('{"seed": 18446744073709551616}', "seed: Input should be less than or equal to 4294967295"),
+        ('{"seed": -1}', "seed: Input should be greater than or equal to 0"),
+        ('{"max_steps": 0}', "max_steps"),
+        ('{"text_column": "' + "x" * 100_000 + '"}', "over the limit of 65,536"),
+    ],
+    ids=[
+        "10,000 deep",
+        "41 deep",
+        "5,000 digits",
+        "a long float",
+        "NaN",
+        "seed 2^64",
+        "seed -1",
+        "max_steps 0",
+        "100 kB",
+    ],
+)
+def test_parameters_a_parser_or_a_library_would_choke_on_are_refused_at_upload(
+    client: TestClient, parameters: str, words: str
+) -> None:
+    refused = upload(client, parameters=parameters)
+    assert refused["http"] == 422, refused
+    assert words in refused["error"]["message"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "words"),
+    [
+        ("a lone surrogate", b'{"text": "fine \\ud800 text", "label": "a"}\n', "lone UTF-16 surrogate (U+D800)"),
+        ("a lone surrogate label", b'{"text": "fine", "label": "\\udfff"}\n', "lone UTF-16 surrogate (U+DFFF)"),
+        ("a 300-character label", ('{"text": "t", "label": "' + "y" * 300 + '"}\n').encode(), "longer than 200"),
+        ("a line nested 10,000 deep", b'{"text": ' + b"[" * 10_000 + b"]" * 10_000 + b"}\n", "deeper than"),
+        ("a 5,000-digit number", b'{"text": "t", "label": ' + b"7" * 5000 + b"}\n", "5,000 characters"),
+    ],
+)
+def test_jsonl_rows_that_would_fail_after_the_upload_are_refused_with_it(
+    client: TestClient, name: str, body: bytes, words: str
+) -> None:
+    good = "".join(f'{{"text": "text number {i}", "label": "{"ab"[i % 2]}"}}\n' for i in range(60)).encode()
+    response = client.post(
+        "/finetune",
+        headers=bearer("team-a"),
+        files={"file": ("d.jsonl", good + body)},
+        data={"model_name": "team-a/spam"},
+    )
+    assert response.status_code == 422, response.text
+    assert words in response.json()["error"]["message"]
+
+
+def test_a_model_name_is_matched_whole_so_a_final_newline_is_refused(client: TestClient) -> None:
+    response = client.post(
+        "/finetune", headers=bearer("team-a"), files={"file": ("d.csv", CSV)}, data={"model_name": "team-a/x\n"}
+    )
+    assert response.status_code == 422 and "is invalid" in response.json()["error"]["message"]
+
+
+def test_a_text_with_a_lone_surrogate_is_refused_at_predict_naming_the_text(client: TestClient) -> None:
+    body = b'{"texts": ["fine", "bad \\ud800 text"], "model": "team-a/spam"}'
+    response = client.post("/predict", headers={**bearer("team-a"), "Content-Type": "application/json"}, content=body)
+    assert response.status_code == 422
+    assert response.json()["error"]["message"].startswith("texts[1] holds a lone UTF-16 surrogate (U+D800) at")

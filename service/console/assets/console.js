@@ -137,7 +137,10 @@ export async function showIdentity() {
         ? "No tokens configured: loopback mode (this machine only)"
         : "No tokens configured: fine-tuning is accepted from the server's own machine only";
     } else {
-      node.textContent = `Signed in: team ${me.team} (${me.roles.join(", ")})`;
+      const predictions = me.predict_needs_token
+        ? "predictions need a token"
+        : "predictions open to callers without a token (FITGATE_PREDICT_REQUIRES_TOKEN=false)";
+      node.textContent = `Signed in: team ${me.team} (${me.roles.join(", ")}); ${predictions}`;
     }
     return me;
   } catch (err) {
