@@ -51,7 +51,7 @@ class Bench:
         self.trainers: dict[str, Server] = {}
 
     def _server(self, **env: str) -> Server:
-        return make_server(self.tmp, self.base_model, tokens=False, FITGATE_DATABASE_URL=self.url,
+        return make_server(self.tmp, self.base_model, tokens=False, anonymous_predict=True, FITGATE_DATABASE_URL=self.url,
                            FITGATE_LEASE_SECONDS=str(self.lease), **env)  # fmt: skip
 
     def start_trainer(self, name: str) -> None:
