@@ -51,8 +51,8 @@ class Bench:
         self.trainers: dict[str, Server] = {}
 
     def _server(self, **env: str) -> Server:
-        return make_server(self.tmp, self.base_model, tokens=False, anonymous_predict=True, FITGATE_DATABASE_URL=self.url,
-                           FITGATE_LEASE_SECONDS=str(self.lease), **env)  # fmt: skip
+        return make_server(self.tmp, self.base_model, tokens=False, anonymous_predict=True,
+                           FITGATE_DATABASE_URL=self.url, FITGATE_LEASE_SECONDS=str(self.lease), **env)  # fmt: skip
 
     def start_trainer(self, name: str) -> None:
         srv = self.trainers.setdefault(name, self._server(FITGATE_TRAINER_NAME=name, FITGATE_TRAINING_ENABLED="true"))
