@@ -12,8 +12,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from fitgate.errors import JobConflict, JobNotFound, LeaseLost
-from service.jobs import JOBS, MAX_TAKEOVERS, JobStore
+from fitgate.errors import JobConflict, JobNotFound, LeaseLost, TooManyJobs
+from fitgate.settings import Settings
+from service.jobs import (
+    CANCEL_GRACE_SECONDS,
+    CANCELLED_BY_REQUEST,
+    JOBS,
+    MAX_TAKEOVERS,
+    JobRunner,
+    JobStore,
+    _Child,
+    overdue_reason,
+)
 
 LEASE = 30.0
 
@@ -240,3 +250,65 @@ def test_a_database_from_before_leases_is_migrated_in_place_keeping_its_jobs(tmp
     assert store.get("old").status == "queued"
     claim = store.claim_next("t", 1, LEASE)
     assert claim is not None and claim.job.id == "old" and claim.generation == 1
+
+
+# --- bounded work per team ------------------------------------------------------------------------------------
+
+
+def test_a_team_may_queue_up_to_its_limit_and_retries_count(store: JobStore, tmp_path: Path) -> None:
+    upload = tmp_path / "data.csv"
+    upload.write_text("text,label\na,b\n")
+    first, _ = (store.create(store.new_id(), "team-a", "team-a/x", {}, upload, max_active=2).id for _ in range(2))
+    with pytest.raises(TooManyJobs, match="team team-a has 2 fine-tune jobs queued or running"):
+        store.create(store.new_id(), "team-a", "team-a/x", {}, upload, max_active=2)
+    store.create(store.new_id(), "team-b", "team-b/x", {}, upload, max_active=2)  # another team is not held up
+    store.request_cancel(first)
+    third = store.create(store.new_id(), "team-a", "team-a/x", {}, upload, max_active=2)
+    with pytest.raises(TooManyJobs):
+        store.retry(first, max_active=2)
+    store.request_cancel(third.id)
+    assert store.retry(first, max_active=2).status == "queued"
+
+
+def _runner_holding(store: JobStore, job_id: str, tmp_path: Path, **settings: object) -> tuple[JobRunner, _Child]:
+    """A trainer holding ``job_id`` whose training process never stops by itself (stuck in a long step)."""
+    claim = store.claim_next("trainer-a", 1, LEASE)
+    assert claim is not None and claim.job.id == job_id
+    runner = JobRunner(store, Settings(data_dir=tmp_path / "data", **settings))  # type: ignore[arg-type]
+    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    child = runner._children[job_id] = _Child(stuck, claim.generation, time.monotonic())
+    return runner, child
+
+
+def test_a_cancel_kills_a_training_process_that_does_not_stop_by_itself(store: JobStore, tmp_path: Path) -> None:
+    (job_id,) = _queue(store, tmp_path)
+    runner, child = _runner_holding(store, job_id, tmp_path)
+    store.request_cancel(job_id)
+    runner._stop_cancelled_and_overdue()
+    assert child.process.poll() is None  # its own chance to stop at the next step first
+    time.sleep(CANCEL_GRACE_SECONDS + 0.5)
+    runner._stop_cancelled_and_overdue()
+    assert child.process.poll() is not None
+    job = store.get(job_id)
+    assert (job.status, job.reason) == ("cancelled", CANCELLED_BY_REQUEST)
+    runner._reap()
+    assert not runner._children and store.claim_next("trainer-a", 1, LEASE) is None  # the slot is free, queue empty
+
+
+def test_a_job_past_its_wall_time_is_stopped_and_failed_with_the_limit_as_reason(
+    store: JobStore, tmp_path: Path
+) -> None:
+    first, second = _queue(store, tmp_path, 2)
+    runner, child = _runner_holding(store, first, tmp_path, max_job_seconds=3600)
+    runner._stop_cancelled_and_overdue()
+    assert child.process.poll() is None  # within its time
+    with store.engine.begin() as db:
+        db.execute(update(JOBS).where(JOBS.c.id == first).values(started_at=time.time() - 3601))
+    runner._stop_cancelled_and_overdue()
+    assert child.process.poll() is not None
+    job = store.get(first)
+    assert (job.status, job.reason) == ("failed", overdue_reason(3600))
+    assert "FITGATE_MAX_JOB_SECONDS" in overdue_reason(3600) and "1 hours" in overdue_reason(3600)
+    runner._reap()
+    claim = store.claim_next("trainer-a", 1, LEASE)
+    assert claim is not None and claim.job.id == second  # the trainer's slot went to the next job at once
