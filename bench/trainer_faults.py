@@ -47,7 +47,8 @@ class Bench:
     def __init__(self, tmp: Path, base_model: Path, url: str, lease: float) -> None:
         self.tmp, self.base_model, self.url, self.lease = tmp, base_model, url, lease
         self.engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
-        self.api = self._server(FITGATE_TRAINING_ENABLED="false")
+        # --many queues more jobs than the default per-team limit on purpose
+        self.api = self._server(FITGATE_TRAINING_ENABLED="false", FITGATE_MAX_JOBS_PER_TEAM="1000")
         self.trainers: dict[str, Server] = {}
 
     def _server(self, **env: str) -> Server:

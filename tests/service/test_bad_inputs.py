@@ -114,9 +114,10 @@ PREDICTS: list[tuple[str, dict[str, Any], int, str]] = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Server]:
-    # training off: accepted uploads stay queued, so the corpus measures the API, not the trainer
+    # training off: accepted uploads stay queued, so the corpus measures the API, not the trainer;
+    # the per-team job limit is raised for the same reason (test_routes covers the limit itself)
     srv = make_server(tmp_path_factory.mktemp("bad-inputs"), tiny_model_dir, FITGATE_TRAINING_ENABLED="false",
-                      FITGATE_MAX_UPLOAD_BYTES=str(MAX_UPLOAD))  # fmt: skip
+                      FITGATE_MAX_UPLOAD_BYTES=str(MAX_UPLOAD), FITGATE_MAX_JOBS_PER_TEAM="1000")  # fmt: skip
     srv.start()
     yield srv
     srv.kill(signal.SIGTERM)

@@ -96,7 +96,9 @@ def cluster(
 ) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("cluster")
     url = postgres.create_database()
-    api = make_server(tmp, tiny_model_dir, tokens=False, FITGATE_DATABASE_URL=url, FITGATE_TRAINING_ENABLED="false")
+    # more jobs than the default per-team limit wait in the queue here on purpose (the limit has its own test)
+    api = make_server(tmp, tiny_model_dir, tokens=False, FITGATE_DATABASE_URL=url, FITGATE_TRAINING_ENABLED="false",
+                      FITGATE_MAX_JOBS_PER_TEAM="50")  # fmt: skip
     cluster = Cluster(tmp, tiny_model_dir, url, api)
     api.start()
     try:
