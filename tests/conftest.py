@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis.configuration import set_hypothesis_home_dir
 from transformers import BertConfig, BertForSequenceClassification
 
 from fitgate.database import dispose_engines
@@ -62,6 +63,14 @@ def shared_dataset(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent: this test needs ../shared/datasets beside the checkout")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hypothesis_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Hypothesis's example database and caches go to a temporary folder, not into the checkout."""
+    set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis"))
+    yield
+    set_hypothesis_home_dir(None)
 
 
 @pytest.fixture(autouse=True)

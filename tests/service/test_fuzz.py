@@ -19,7 +19,6 @@ import pytest
 import schemathesis
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.configuration import set_hypothesis_home_dir
 from schemathesis import BaseSchema, GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -83,14 +82,6 @@ class Target:
     versions: list[str]
     queued_job: str
     ended_job: str
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _hypothesis_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Hypothesis's caches (source constants, Unicode tables) go to a temporary folder, not into the checkout."""
-    set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis"))
-    yield
-    set_hypothesis_home_dir(None)
 
 
 @pytest.fixture(scope="module")

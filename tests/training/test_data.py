@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fitgate.errors import DataError, DataFormatError
-from training.data import read_labelled_file
+from training.data import parse_table, read_labelled_file, validate_rows
 
 
 def _file(tmp_path: Path, content: str | bytes, name: str = "data.csv") -> Path:
@@ -143,3 +146,42 @@ def test_too_many_classes_is_refused(tmp_path: Path) -> None:
     rows = "".join(f"text {i},label{i}\n" for i in range(1500))
     with pytest.raises(DataError, match="1,500 distinct labels"):
         _read(tmp_path, "text,label\n" + rows)
+
+
+# --- whatever bytes arrive, reading them ends in rows training can use or a DataError that says why ---------------
+
+_cells = st.text(st.characters(codec="utf-8"), max_size=30) | st.sampled_from(
+    ['=HYPERLINK("x")', "$\\frac{a}$", '"', "\ufeff", "\ud800", "\x00", "a,b", "\n", "{}", "[" * 50]
+)
+_rows = st.lists(st.tuples(_cells, _cells), max_size=12)
+
+
+def _csv(rows: list[tuple[str, str]], sep: str) -> bytes:
+    return ("text" + sep + "label\n" + "".join(f"{t}{sep}{lab}\n" for t, lab in rows)).encode("utf-8", "surrogatepass")
+
+
+def _jsonl(rows: list[tuple[str, str]]) -> bytes:
+    return "".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in rows).encode("utf-8")
+
+
+_files = st.one_of(
+    st.binary(max_size=300).map(lambda raw: (raw, ".csv")),
+    st.tuples(_rows, st.sampled_from([",", ";", "\t"])).map(lambda r: (_csv(*r), ".csv")),
+    _rows.map(lambda rows: (_jsonl(rows), ".jsonl")),
+    st.text(max_size=200).map(lambda text: (text.encode("utf-8", "surrogatepass"), ".jsonl")),
+)
+
+
+@settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_files)
+def test_any_upload_becomes_readable_rows_or_a_data_error(upload: tuple[bytes, str]) -> None:
+    raw, suffix = upload
+    try:
+        rows, columns = parse_table(raw, suffix)
+        data, _report = validate_rows(rows, columns, max_empty_share=1.0)
+    except DataError as exc:
+        assert str(exc), "a refusal must say what was wrong"
+        return
+    for text in (*data.texts, *data.labels):
+        text.encode("utf-8")  # well-formed: no lone surrogate reaches the tokenizer
+        assert text.strip() == text and text
