@@ -27,6 +27,7 @@ PAGES = (
     PAGE,
     ROOT / "README.md",
     ROOT / "docs" / "RELIABILITY.md",
+    ROOT / "docs" / "SECURITY.md",
     ROOT / "docs" / "TESTING.md",
 )  # pages that quote figures from bench/results
 INCLUDE = re.compile(r"(<!-- include (\S+) -->\n)(.*?)(<!-- end include -->)", re.S)
