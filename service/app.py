@@ -32,7 +32,6 @@ from service.http_metrics import install as label_http_metrics_by_route
 from service.middleware import BodyLimit, SecurityHeaders, UnknownPaths
 from service.monitoring import PREDICT_LATENCY
 from service.request_timeout import install as cancel_request_timers
-from service.uploads import SERVER_ONLY_ARGUMENTS
 from training import rundir
 from training.arguments import TrainingArguments
 
@@ -118,6 +117,11 @@ class UploadCheck(BaseModel):
     accepted: bool
     refusal: dict[str, str] | None = Field(description="why the file would be refused: type and message")
     columns: list[str] = Field(description="every column found; empty when the file could not be read as a table")
+    base_model: dict[str, Any] | None = Field(
+        None,
+        description="the base model chosen for the text (name, chosen_by, reason) and how each candidate read it: "
+        "unknown word pieces, texts mostly unknown, pieces per word, single letters, scripts, examples",
+    )
 
 
 class JobCurves(BaseModel):
@@ -288,10 +292,18 @@ def create_app(settings: Settings) -> FastAPI:
         return UploadCheck(**await fitgate.uploads.inspect(file, parameters))
 
     @app.get("/finetune/arguments")
-    async def training_arguments() -> dict[str, dict[str, Any]]:
+    async def training_arguments(fitgate: State) -> dict[str, dict[str, Any]]:
         """Every training argument a request may set: default, description and limits (JSON Schema)."""
         properties: dict[str, dict[str, Any]] = TrainingArguments.model_json_schema()["properties"]
-        return {k: v for k, v in properties.items() if k not in SERVER_ONLY_ARGUMENTS}
+        base_models = fitgate.uploads.base_models
+        properties["base_model"] = {
+            "enum": base_models.names(),
+            "default": None,
+            "description": "The base model to fine-tune, by name; unset: the first that reads the text ("
+            + "; ".join(f"{card.name}: {card.description}" for card in base_models.cards.values())
+            + ")",
+        }
+        return properties
 
     @app.get("/jobs", responses=errors())
     async def list_jobs(fitgate: State, caller: Annotated[Caller, caller_for("finetune")]) -> list[JobOut]:

@@ -7,6 +7,7 @@ in-process app; nothing of it exists at import time.
 from __future__ import annotations
 
 import logging
+import threading
 
 from fitgate.errors import JobNotFound
 from fitgate.settings import Settings
@@ -35,6 +36,8 @@ class Fitgate:
         """Take back what this trainer's previous process left running, then take jobs (if this worker trains)."""
         if not self.settings.training_enabled:
             return
+        if self.settings.prepare_base_models:  # the first non-English upload then finds its model ready
+            threading.Thread(target=self.uploads.base_models.prepare, name="base-models", daemon=True).start()
         self.runner = JobRunner(self.jobs, self.settings)
         orphans = self.jobs.release_orphans(self.runner.trainer)
         if orphans:

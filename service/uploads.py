@@ -32,11 +32,11 @@ from fitgate.settings import Settings
 from models.names import ModelName
 from service.jobs import Job, JobStore
 from training.arguments import TrainingArguments, parse_arguments, plan_schedule
+from training.base_models import BaseModels, choose_base_model
 from training.data import parse_table
 from training.splits import load_splits
 
 UPLOAD_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".txt")
-SERVER_ONLY_ARGUMENTS = {"base_model"}  # a request must not point the server at arbitrary paths
 CHUNK_BYTES = 1 << 20
 
 
@@ -45,8 +45,6 @@ def parse_parameters(parameters: str, limits: JsonLimits = DEFAULT_LIMITS) -> Tr
     raw = load_json(parameters, "parameters", InvalidRequest, limits)
     if not isinstance(raw, dict):
         raise InvalidRequest('parameters must be a JSON object such as {"num_train_epochs": 3}')
-    if forbidden := SERVER_ONLY_ARGUMENTS & raw.keys():
-        raise InvalidRequest(f"{sorted(forbidden)} are server settings, not request parameters")
     return parse_arguments(raw)
 
 
@@ -54,6 +52,19 @@ class UploadIntake:
     def __init__(self, settings: Settings, jobs: JobStore) -> None:
         self.settings = settings
         self.jobs = jobs
+        self.base_models = BaseModels.from_settings(settings)
+
+    def arguments(self, parameters: str) -> TrainingArguments:
+        """The request's training arguments; ``base_model`` must name a model of this server, never a path."""
+        args = parse_parameters(parameters, self.settings.json_limits())
+        if args.base_model is not None and args.base_model not in self.base_models.names():
+            raise InvalidRequest(
+                f"unknown base_model {args.base_model!r}: name one of this server's base models "
+                f"({', '.join(self.base_models.names())}), or leave it out to let fitgate choose the one that "
+                "reads your text"
+            )
+        self.check_device(args)
+        return args
 
     def check_device(self, args: TrainingArguments) -> None:
         """Refuse ``device: cuda`` on a server that trains here without a GPU (a trainer elsewhere checks its own)."""
@@ -93,19 +104,19 @@ class UploadIntake:
         refuse is a normal answer here (``accepted: false`` with the refusal's message), with the
         columns found so far, so the user can pick other columns and ask again. Nothing is kept.
         """
-        args = parse_parameters(parameters, self.settings.json_limits())
-        self.check_device(args)
+        args = self.arguments(parameters)
         suffix = self._suffix(file)
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".dry-run-", dir=self.settings.data_dir) as folder:
             target = Path(folder) / f"data{suffix}"
             await self._store(file, target)
-            return await asyncio.to_thread(_inspect_file, target, args, file.filename or target.name, self.check_length)
+            return await asyncio.to_thread(
+                _inspect_file, target, args, file.filename or target.name, self.check_length, self.base_models
+            )
 
     async def accept(self, file: UploadFile, name: ModelName, parameters: str) -> Job:
         """Validate, store and queue; on any refusal the stored upload is removed again."""
-        args = parse_parameters(parameters, self.settings.json_limits())
-        self.check_device(args)
+        args = self.arguments(parameters)
         suffix = self._suffix(file)
         job_id = self.jobs.new_id()
         folder = self.settings.upload_dir(job_id)
@@ -115,11 +126,12 @@ class UploadIntake:
             await self._store(file, target)
             splits, _ = await asyncio.to_thread(load_splits, target, args)
             self.check_length(args, len(splits.train))
+            choice = await asyncio.to_thread(choose_base_model, splits.train.texts, args.base_model, self.base_models)
             return self.jobs.create(
                 job_id,
                 name.team,
                 str(name),
-                args.model_dump(exclude_defaults=True),
+                args.model_copy(update={"base_model": choice.name}).model_dump(exclude_defaults=True),
                 target,
                 max_active=self.settings.max_jobs_per_team,
             )
@@ -144,7 +156,11 @@ class UploadIntake:
 
 
 def _inspect_file(
-    path: Path, args: TrainingArguments, file_name: str, check_length: Callable[[TrainingArguments, int], None]
+    path: Path,
+    args: TrainingArguments,
+    file_name: str,
+    check_length: Callable[[TrainingArguments, int], None],
+    base_models: BaseModels,
 ) -> dict[str, Any]:
     """Read and split ``path`` exactly as training will; a refusal becomes part of the answer."""
     answer: dict[str, Any] = {"file_name": file_name, "columns": [], "accepted": False, "refusal": None}
@@ -152,6 +168,7 @@ def _inspect_file(
         answer["columns"] = parse_table(path.read_bytes(), path.suffix.lower())[1]
         splits, report = load_splits(path, args)
         check_length(args, len(splits.train))
+        choice = choose_base_model(splits.train.texts, args.base_model, base_models)
     except (DataError, ArgumentsError) as exc:
         answer["refusal"] = {"type": type(exc).__name__, "message": exc.message}
         return answer
@@ -166,6 +183,7 @@ def _inspect_file(
         "conflicting_texts": report.conflicting_texts,
         "conflicting_examples": report.conflicting_examples,
         "class_counts": report.class_counts,
+        "base_model": choice.to_dict(),
         "splits": {
             "train": len(splits.train),
             "validation": len(splits.validation),

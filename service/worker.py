@@ -109,7 +109,7 @@ def run_job(job_id: str, settings: Settings, generation: int, *, resume: bool = 
     if not resume:
         shutil.rmtree(run_dir, ignore_errors=True)  # a retry never shows the previous attempt's report
     try:
-        args = parse_arguments({**job.arguments, "base_model": settings.base_model})
+        args = parse_arguments(job.arguments)  # base_model: the name chosen at the door, from this server's catalogue
         with _out_of_resources_named():
             repaired = train_and_release(
                 Path(job.upload),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis.configuration import set_hypothesis_home_dir
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
 from fitgate.database import dispose_engines
 from tests.postgres import PostgresServer, find_binaries
@@ -126,6 +126,45 @@ def keyword_rows(n: int, seed: int = 0, minority_share: float = 0.3) -> list[tup
         words = rng.choices(spam_words if spam else ham_words, k=rng.randint(3, 12))
         rows.append((" ".join(words) + f" {i}", "spam" if spam else "ham"))
     return rows
+
+
+POSITIVE_WORDS = ["很好", "干净", "满意", "推荐", "舒适", "热情", "方便", "安静", "划算", "喜欢"]
+NEGATIVE_WORDS = ["很差", "肮脏", "失望", "吵闹", "冷漠", "昂贵", "破旧", "难吃", "拥挤", "后悔"]
+CHINESE_LABELS = ("正面", "负面")  # positive, negative: labels written in Chinese, as product teams write them
+
+
+def chinese_keyword_rows(n: int, seed: int = 0, minority_share: float = 0.3) -> list[tuple[str, str]]:
+    """The same learnable toy task in Chinese: '负面' reviews use words the '正面' ones never do."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        negative = rng.random() < minority_share
+        words = rng.choices(NEGATIVE_WORDS if negative else POSITIVE_WORDS, k=rng.randint(2, 6))
+        rows.append(("，".join(words) + f"。第{i}条", CHINESE_LABELS[1] if negative else CHINESE_LABELS[0]))
+    return rows
+
+
+def save_character_bert(path: Path, texts: list[str]) -> Path:
+    """A tiny random BERT whose vocabulary holds every character of ``texts``: a model that reads Chinese.
+
+    BERT's tokenizer splits CJK text into single characters, so a character vocabulary reads it whole; the
+    model stands in for an operator's own Chinese checkpoint without downloading one."""
+    tokenizer_dir = path.parent / f"{path.name}-tokenizer"
+    tokenizer_dir.mkdir(parents=True, exist_ok=True)
+    characters = sorted({c for text in texts for c in text.lower() if not c.isspace()})
+    ascii_letters = [chr(c) for c in range(33, 127) if chr(c).lower() == chr(c)]
+    continuations = [f"##{c}" for c in ascii_letters]  # "10" is "1", "##0" to a word-piece vocabulary
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(ascii_letters + characters)]
+    vocabulary += continuations
+    BertTokenizerFast(vocab={piece: i for i, piece in enumerate(vocabulary)}).save_pretrained(tokenizer_dir)
+    return save_random_bert(path, str(tokenizer_dir), num_hidden_layers=2, intermediate_size=64)
+
+
+@pytest.fixture(scope="session")
+def chinese_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide BERT with a character vocabulary for chinese_keyword_rows."""
+    texts = [text for text, _ in chinese_keyword_rows(2000)] + [f"第{i}条" for i in range(10)]
+    return save_character_bert(tmp_path_factory.mktemp("chinese") / "chinese-bert", texts)
 
 
 @pytest.fixture

@@ -14,9 +14,14 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import regex
-from transformers import PreTrainedTokenizerBase
+
+from fitgate.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SCRIPTS = (
     "Latin", "Han", "Hiragana", "Katakana", "Hangul", "Arabic", "Hebrew", "Cyrillic", "Greek",
@@ -60,30 +65,43 @@ def script_of(character: str) -> str:
     return next((name for name, pattern in _SCRIPT_OF if pattern.match(character)), "Other")
 
 
+MEASURED_CHARS = 2000
+"""Characters of each sampled text measured: enough to see how a model reads it, bounded in cost."""
+
+
 def measure_coverage(
     texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, sample: int = 2000, seed: int = 0, shown: int = 3
 ) -> VocabularyCoverage:
     """Measure how ``tokenizer`` reads up to ``sample`` of ``texts`` (a seeded sample: the same upload, the same
-    numbers)."""
+    numbers).
+
+    One batched call with character offsets gives every piece and the span it covers, so words are matched to
+    their pieces without tokenizing them again; texts are measured on their first MEASURED_CHARS characters.
+    """
     chosen = list(texts) if len(texts) <= sample else random.Random(seed).sample(list(texts), sample)
-    unknown = tokenizer.unk_token
+    chosen = [text[:MEASURED_CHARS] for text in chosen]
+    encoded = _encode(tokenizer, chosen)
+    unknown_id = tokenizer.unk_token_id
     pieces_total = unknown_total = mostly_unknown = 0
     words = word_pieces = single_letters = 0
     letters: Counter[str] = Counter()
     seen: list[tuple[float, SeenText]] = []
-    for text in chosen:
-        pieces = tokenizer.tokenize(text)
-        unknown_here = sum(piece == unknown for piece in pieces)
-        pieces_total += len(pieces)
+    for text, ids, offsets in zip(chosen, encoded["input_ids"], encoded["offset_mapping"], strict=True):
+        unknown_here = sum(piece == unknown_id for piece in ids)
+        pieces_total += len(ids)
         unknown_total += unknown_here
-        share = unknown_here / len(pieces) if pieces else 0.0
+        share = unknown_here / len(ids) if ids else 0.0
         mostly_unknown += share >= MOSTLY_UNKNOWN
-        seen.append((share, SeenText(text[:200], pieces[:40])))
+        seen.append((share, SeenText(text[:200], list(tokenizer.convert_ids_to_tokens(ids[:40])))))
         letters.update(script_of(c) for c in _LETTER.findall(text))
-        for word in _SPACED_WORD.findall(text):
-            if script_of(word[0]) in _UNSPACED:
+        for word in _SPACED_WORD.finditer(text):
+            if script_of(word.group()[0]) in _UNSPACED:
                 continue
-            cut = tokenizer.tokenize(word)
+            cut = [
+                text[max(a, word.start()) : min(b, word.end())]
+                for a, b in offsets
+                if a < word.end() and b > word.start()
+            ]
             words += 1
             word_pieces += len(cut)
             single_letters += sum(len(_LETTER.findall(piece)) == 1 for piece in cut) if len(cut) > 1 else 0
@@ -98,3 +116,22 @@ def measure_coverage(
         scripts={name: count / letter_total for name, count in letters.most_common()},
         examples=[item for _, item in seen[:shown]],
     )
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> dict[str, Any]:
+    """Pieces and their character spans, without special tokens; a fast (Rust) tokenizer is needed for offsets."""
+    if not tokenizer.is_fast:
+        raise ModelLoadError(
+            "measuring vocabulary coverage needs a fast tokenizer (a tokenizer.json in the model folder)"
+        )
+    warned = tokenizer.deprecation_warnings  # texts longer than the model's window are measured whole, not warned about
+    key = "sequence-length-is-longer-than-the-specified-maximum"
+    before = warned.get(key)
+    warned[key] = True
+    try:
+        return dict(tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, truncation=False))
+    finally:
+        if before is None:
+            warned.pop(key, None)
+        else:
+            warned[key] = before

@@ -13,6 +13,7 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fitgate.errors import DataError, DataFormatError
 from fitgate.json_input import load_json
@@ -58,6 +59,8 @@ class DataReport:
     duplicate_texts: int = 0
     conflicting_texts: int = 0
     conflicting_examples: list[str] = field(default_factory=list)
+    base_model: dict[str, Any] = field(default_factory=dict)
+    """The base model chosen for these texts and how each candidate read them (training.base_models)."""
 
 
 def read_labelled_file(

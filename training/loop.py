@@ -28,9 +28,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from fitgate.devices import usable_cpus
 from fitgate.errors import DeviceUnavailable, TrainingCancelled
+from fitgate.settings import Settings
 from training import batching, evaluation, losses, modeling
 from training.arguments import Schedule, TrainingArguments, plan_schedule
 from training.audit import audit_run
+from training.base_models import BaseModels, choose_base_model
 from training.checkpoint import Checkpoint, LossWindow, RandomState, load_checkpoint, remove_checkpoint, save_checkpoint
 from training.curves import CurvePoint, save_curves
 from training.data import LabelledData, read_labelled_file
@@ -584,6 +586,7 @@ def fine_tune(
     should_cancel: CancelCheck = never_cancelled,
     score_test: bool = True,
     resume: bool = False,
+    base_models: BaseModels | None = None,
 ) -> RunResult:
     """Fine-tune ``args.base_model`` on a labelled file and write the run directory.
 
@@ -596,6 +599,10 @@ def fine_tune(
     uninterrupted run would have (on CPU, bit for bit); its progress reports then carry
     ``resumed_at_epoch``, the 1-based epoch it goes on with. Without a checkpoint of the
     same arguments and data (the run stopped during its first epoch, say) it starts over.
+
+    The base model is ``args.base_model`` (a name in ``base_models``, the operator's catalogue, or a local
+    directory) or, unset, the first in the catalogue that reads the texts; either way one that cannot read
+    them is refused with ``UnreadableText`` before anything trains.
     """
     started = time.perf_counter()
     on_progress(Progress("loading"))
@@ -611,7 +618,10 @@ def fine_tune(
 
     # data
     splits, data_report = load_splits(Path(data_path), args, validation_path, test_path)
-    base_model = args.base_model or modeling.default_base_model()
+    catalogue = (base_models or BaseModels.from_settings(Settings())).including(args.base_model)
+    choice = choose_base_model(splits.train.texts, args.base_model, catalogue)
+    data_report.base_model = choice.to_dict()
+    base_model = str(choice.path)
     tokenizer = modeling.load_tokenizer(base_model)
     data = encode_splits(splits, tokenizer, args.max_length)
     generator = torch.Generator().manual_seed(args.seed)  # the subset, then the sampler and augmentation

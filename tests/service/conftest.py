@@ -97,6 +97,7 @@ def make_server(
         "FITGATE_DATA_DIR": str(tmp / "data"),
         "FITGATE_BASE_MODEL": str(tiny_model_dir),
         "FITGATE_MODEL_REFRESH_SECONDS": "0.5",
+        "FITGATE_PREPARE_BASE_MODELS": "false",  # no server here needs the multilingual model converted
         "BENTOML_HOME": str(tmp / "bentoml-home"),
         "BENTOML_DO_NOT_TRACK": "True",
         **extra,

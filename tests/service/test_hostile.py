@@ -236,7 +236,7 @@ PARAMETERS: list[Case] = [
     Case("parameters", "empty (the default, {})", "POST", "/finetune", "team-a", 202, request=_parameters("")),
     Case("parameters", "null", "POST", "/finetune", "team-a", 422, "must be a JSON object", _parameters("null")),
     Case("parameters", "a string", "POST", "/finetune", "team-a", 422, "must be a JSON object", _parameters('"x"')),
-    Case("parameters", "base_model", "POST", "/finetune", "team-a", 422, "server settings",
+    Case("parameters", "base_model", "POST", "/finetune", "team-a", 422, "unknown base_model",
          _parameters('{"base_model": "/etc"}')),
     Case("parameters", "__proto__", "POST", "/finetune", "team-a", 422, "__proto__",
          _parameters('{"__proto__": {"admin": true}}')),

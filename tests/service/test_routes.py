@@ -78,7 +78,7 @@ def test_device_cuda_on_a_server_without_gpu_is_refused_at_submit_with_the_setti
     [
         ("{not json", "not valid JSON"),
         ("[1, 2]", "must be a JSON object"),
-        ('{"base_model": "/etc"}', "server settings"),
+        ('{"base_model": "/etc"}', "unknown base_model"),
         ('{"num_train_epochs": 0}', "num_train_epochs"),
     ],
 )
@@ -186,7 +186,13 @@ def test_the_training_arguments_are_listed_with_defaults_and_descriptions_but_no
 ) -> None:
     arguments = client.get("/finetune/arguments").json()
     assert arguments["num_train_epochs"]["default"] == 3 and arguments["num_train_epochs"]["description"]
-    assert "learning_rate" in arguments and "base_model" not in arguments
+    assert "learning_rate" in arguments
+    assert arguments["base_model"]["enum"][:3] == [
+        "server-default",
+        "minilm",
+        "multilingual-e5-small",
+    ]  # names, no paths
+    assert "/" not in str(arguments["base_model"]["enum"])
 
 
 def test_whoami_names_the_tokens_team_refuses_a_wrong_token_and_says_when_there_are_no_tokens(

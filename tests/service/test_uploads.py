@@ -63,7 +63,6 @@ def _refusal(document: str) -> str:
 def test_the_refusals_name_what_to_fix() -> None:
     cases: dict[str, Any] = {
         '{"seed": 18446744073709551616}': "seed",
-        '{"base_model": "/etc"}': "server settings, not request parameters",
         '["num_train_epochs", 3]': "must be a JSON object",
         '{"learning_rate": NaN}': "not a JSON number",
         '{"no_such_argument": 1}': "no_such_argument",
