@@ -18,8 +18,9 @@ ENV TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu"
 FROM base-${DEVICE} AS base
 ARG DEVICE
 # hadolint ignore=DL3008
+# fonts-wqy-microhei (5 MB): the plots draw Chinese, Japanese and Korean class names instead of numbering them
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates fonts-wqy-microhei \
     && rm -rf /var/lib/apt/lists/*
 # a self-contained CPython 3.11 (python-build-standalone), the same on both bases
 COPY --from=ghcr.io/astral-sh/uv:0.9.5 /uv /usr/local/bin/uv

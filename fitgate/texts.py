@@ -1,4 +1,5 @@
-"""What counts as a readable text, for every door a text comes through (/predict, uploads).
+"""What counts as a readable text, for every door a text comes through (/predict, uploads), and when two texts
+are the same text.
 
 A JSON string may hold a lone UTF-16 surrogate (``"\\ud800"``): Python decodes it into a ``str``
 that no UTF-8 encoder, and so no tokenizer, can read. Such a text is refused where it arrives,
@@ -8,8 +9,10 @@ naming where it is, instead of failing later inside the tokenizer.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_SPACES = re.compile(r"\s+")
 
 
 def lone_surrogate_at(text: str) -> int | None:
@@ -27,3 +30,12 @@ def unreadable_reason(text: str) -> str | None:
         f"holds a lone UTF-16 surrogate (U+{ord(text[at]):04X}) at character {at}, which is not Unicode text; "
         "send the characters themselves (or valid surrogate pairs in JSON escapes)"
     )
+
+
+def same_text_key(text: str) -> str:
+    """The form under which two texts count as one for duplicates, conflicts and split leakage.
+
+    NFKC folds compatibility forms: full-width Latin letters and digits (``ＡＢＣ１２３``, common in Chinese and
+    Japanese input), half-width katakana, ligatures; runs of whitespace count as one space. Case is kept: a
+    cased model reads "Apple" and "apple" differently."""
+    return _SPACES.sub(" ", unicodedata.normalize("NFKC", text)).strip()

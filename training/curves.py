@@ -8,6 +8,7 @@ backend, as matplotlib recommends for servers.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,9 +89,14 @@ def plot_confusion(matrix: NDArray[np.integer], label_names: list[str], path: Pa
     totals = matrix.sum(axis=1, keepdims=True).clip(min=1)
     ax.imshow(matrix / totals, cmap="Blues", vmin=0, vmax=1)
     ticks = np.arange(k)
+    families = label_fonts(label_names)
+    if families is None:  # no installed font draws these names: number the classes rather than draw boxes
+        label_names = [str(i) for i in range(k)]
+        title += " (classes by number, in report.json order: no installed font draws their names)"
+    font = {"fontsize": max(4, 10 - k // 10), "family": families or None}
     # label names are the user's strings, drawn as they are: never as mathtext ("$x$ spam") or TeX
-    ax.set_xticks(ticks, label_names, rotation=90, fontsize=max(4, 10 - k // 10), parse_math=False, usetex=False)
-    ax.set_yticks(ticks, label_names, fontsize=max(4, 10 - k // 10), parse_math=False, usetex=False)
+    ax.set_xticks(ticks, label_names, rotation=90, parse_math=False, usetex=False, **font)
+    ax.set_yticks(ticks, label_names, parse_math=False, usetex=False, **font)
     if k <= 20:
         for i in range(k):
             for j in range(k):
@@ -99,3 +105,31 @@ def plot_confusion(matrix: NDArray[np.integer], label_names: list[str], path: Pa
     ax.set_title(title, parse_math=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def label_fonts(texts: list[str]) -> list[str] | None:
+    """Font families that draw every character of ``texts``: matplotlib's default alone for Latin text, plus an
+    installed font that has the rest (a CJK font for Chinese labels; matplotlib falls back glyph by glyph).
+    None when no installed font has them (matplotlib would draw empty boxes and warn)."""
+    from matplotlib import font_manager, rcParams
+
+    default = font_manager.findfont(font_manager.FontProperties(family=rcParams["font.family"]))
+    missing = {c for text in texts for c in text if not c.isspace()} - _characters(default)
+    if not missing:
+        return [font_manager.FontProperties(fname=default).get_name()]
+    for entry in font_manager.fontManager.ttflist:
+        if entry.name.startswith("Last Resort"):  # maps every code point to a placeholder box: draws no name
+            continue
+        if missing <= _characters(entry.fname):
+            return [font_manager.FontProperties(fname=default).get_name(), entry.name]
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _characters(font_path: str) -> frozenset[str]:
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        return frozenset(chr(code) for code in FT2Font(font_path).get_charmap())
+    except (OSError, RuntimeError):  # a font file matplotlib lists but cannot open
+        return frozenset()

@@ -17,7 +17,7 @@ from typing import Any
 
 from fitgate.errors import DataError, DataFormatError
 from fitgate.json_input import load_json
-from fitgate.texts import unreadable_reason
+from fitgate.texts import same_text_key, unreadable_reason
 
 TEXT_COLUMN_NAMES = ("text", "sentence", "content", "message", "body", "utterance", "query", "review", "document")
 LABEL_COLUMN_NAMES = ("label", "labels", "class", "category", "intent", "target", "tag", "sentiment")
@@ -312,9 +312,12 @@ def validate_rows(
         )
 
     labels_by_text: dict[str, set[str]] = defaultdict(set)
+    first_seen: dict[str, str] = {}
     for text, label in zip(texts, labels, strict=True):
-        labels_by_text[text].add(label)
-    conflicting = [t for t, ls in labels_by_text.items() if len(ls) > 1]
+        key = same_text_key(text)
+        labels_by_text[key].add(label)
+        first_seen.setdefault(key, text)
+    conflicting = [first_seen[key] for key, ls in labels_by_text.items() if len(ls) > 1]
     report = DataReport(
         rows_read=len(rows),
         rows_kept=len(texts),

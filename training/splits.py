@@ -1,7 +1,8 @@
 """Stratified, seeded train/validation/test splits that never let a duplicate text leak.
 
-Identical texts form one group and go to one split together; groups are dealt per class
-(by the group's majority label) so every split keeps the class mix.
+Identical texts (``fitgate.texts.same_text_key``: full-width and half-width forms alike) form one
+group and go to one split together; groups are dealt per class (by the group's majority label) so
+every split keeps the class mix.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fitgate.errors import DataError
+from fitgate.texts import same_text_key
 from training.arguments import TrainingArguments
 from training.data import DataReport, LabelledData, read_labelled_file
 
@@ -41,7 +43,7 @@ def split_data(data: LabelledData, *, validation_size: float, test_size: float, 
     """Split into train/validation/test (test may be empty when ``test_size`` is 0)."""
     groups: dict[str, list[int]] = defaultdict(list)
     for i, text in enumerate(data.texts):
-        groups[text].append(i)
+        groups[same_text_key(text)].append(i)
     groups_by_class: dict[str, list[list[int]]] = defaultdict(list)
     for members in groups.values():
         majority = Counter(data.labels[i] for i in members).most_common(1)[0][0]
@@ -88,8 +90,8 @@ def split_data(data: LabelledData, *, validation_size: float, test_size: float, 
 
 def remove_overlap(train: LabelledData, held_out: list[LabelledData]) -> tuple[LabelledData, int]:
     """Drop training rows whose text also appears in a held-out file (leakage); return how many."""
-    seen = {text for part in held_out for text in part.texts}
-    keep = [i for i, text in enumerate(train.texts) if text not in seen]
+    seen = {same_text_key(text) for part in held_out for text in part.texts}
+    keep = [i for i, text in enumerate(train.texts) if same_text_key(text) not in seen]
     return _subset(train, keep), len(train) - len(keep)
 
 

@@ -90,3 +90,14 @@ def test_a_given_validation_file_replaces_the_carved_split_and_leaves_training(t
     assert splits.validation.texts == ["text 0", "other"]
     assert "text 0" not in splits.train.texts and len(splits.train) == 39
     assert splits.test is None and report.rows_kept == 40
+
+
+def test_full_width_and_half_width_copies_of_a_text_never_straddle_two_splits() -> None:
+    texts = [f"评论ＮＯ{i}" for i in range(60)] + [f"评论NO{i}" for i in range(60)]
+    data = LabelledData(texts, ["正面" if i % 60 % 2 else "负面" for i in range(120)])
+    splits = split_data(data, validation_size=0.2, test_size=0.2, seed=0)
+    keys = [{text.replace("ＮＯ", "NO") for text in part.texts} for part in (splits.train, splits.validation, splits.test)]
+    assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
+    held_out = LabelledData(["评论NO1"], ["正面"])
+    kept, dropped = remove_overlap(LabelledData(["评论ＮＯ1", "评论NO2"], ["正面", "负面"]), [held_out])
+    assert dropped == 1 and kept.texts == ["评论NO2"]
