@@ -113,12 +113,18 @@ def torch_logits(model: PreTrainedModel, ids: list[list[int]], batch_size: int =
     return out
 
 
-def _shape_sweep_inputs(vocab_size: int, max_length: int, seed: int) -> list[list[list[int]]]:
-    """Batch 1 and 256 at sequence 1 and the maximum, plus a padded batch of mixed lengths."""
+def _shape_sweep_inputs(
+    vocab_size: int, max_length: int, seed: int, start: int, end: int
+) -> list[list[list[int]]]:
+    """Batch 1 and 256 at sequence 1 and the maximum, plus a padded batch of mixed lengths.
+
+    Texts open and close with the tokenizer's own start and end ids (BERT's 101/102, XLM-R's 0/2) and hold
+    random ids from the upper half of the vocabulary or above 1000, clear of the special tokens."""
     rng = np.random.default_rng(seed)
+    low = min(1000, vocab_size // 2)
 
     def text(n: int) -> list[int]:
-        return [101, *rng.integers(1000, vocab_size, size=max(0, n - 2)).tolist(), 102][:n] if n > 1 else [101]
+        return [start, *rng.integers(low, vocab_size, size=max(0, n - 2)).tolist(), end][:n] if n > 1 else [start]
 
     return [
         [text(1)],
@@ -139,7 +145,8 @@ def check_parity(
     max_diff = float(np.abs(softmax(ref, t) - softmax(got, t)).max())
     sweep = []
     max_length = run.arguments.max_length
-    for batch in _shape_sweep_inputs(int(model.config.vocab_size), max_length, run.arguments.seed):
+    start, end = ids[0][0], ids[0][-1]  # the tokenizer's own: every encoded validation text opens and ends so
+    for batch in _shape_sweep_inputs(int(model.config.vocab_size), max_length, run.arguments.seed, start, end):
         expected, actual = torch_logits(model, batch, 256), run_logits(session, batch, pad_id, 256)
         diff = float(np.abs(softmax(expected, t) - softmax(actual, t)).max())
         widths = {len(x) for x in batch}

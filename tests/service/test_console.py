@@ -28,7 +28,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import keyword_rows, require_tool, write_csv
+from tests.conftest import CHINESE_LABELS, chinese_keyword_rows, keyword_rows, require_tool, write_csv
 from tests.service.conftest import TOKENS, Server, bearer, make_server
 
 pytestmark = pytest.mark.slow  # a real browser against a real server
@@ -41,8 +41,15 @@ TINY_OPTIONS = {"num_train_epochs": "3", "learning_rate": "0.005", "max_length":
 
 
 @pytest.fixture(scope="module")
-def console_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Server]:
-    srv = make_server(tmp_path_factory.mktemp("console"), tiny_model_dir)
+def console_server(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, chinese_model_dir: Path
+) -> Iterator[Server]:
+    # the default base model reads English; the operator added one that reads Chinese
+    srv = make_server(
+        tmp_path_factory.mktemp("console"),
+        tiny_model_dir,
+        FITGATE_BASE_MODELS=json.dumps({"chinese-tiny": str(chinese_model_dir)}),
+    )
     srv.start()
     yield srv
     srv.kill(signal.SIGTERM)
@@ -351,3 +358,77 @@ def test_every_page_carries_a_policy_that_forbids_inline_script_and_other_origin
         policy = r.headers["content-security-policy"]
         assert "script-src 'self'" in policy and "default-src 'none'" in policy and "unsafe-inline" not in policy
         assert "<script>" not in r.text and "googletagmanager" not in r.text and "cdn." not in r.text
+
+
+def test_a_chinese_upload_trains_on_a_model_that_reads_it_and_its_chinese_labels_show_everywhere(
+    console_server: Server, browser: WebDriver, tmp_path: Path
+) -> None:
+    reviews = write_csv(tmp_path / "评论.csv", chinese_keyword_rows(300))
+    sign_in(browser, console_server, "team-a")
+    choose_file(browser, reviews, "team-a/reviews")
+
+    # the dry run: the server's default (English) model cannot read it, so the operator's Chinese one is chosen
+    visible(browser, "#base-model")
+    assert text_of(browser, "#base-model-name") == "chinese-tiny"
+    assert "server-default does not (" in text_of(browser, "#base-model-reason")
+    readings = text_of(browser, "#base-model")
+    assert "Han 100.0%" in readings and "server-default" in readings
+    assert text_of(browser, "#base-model-example").startswith("As the model sees a text: ")
+
+    # asking for the English model gets the refusal, with the numbers and the models that read the text
+    Select(browser.find_element(By.ID, "opt-base_model")).select_by_visible_text("minilm")
+    refusal = visible(browser, "#refusal").text
+    assert "base model 'minilm'" in refusal and "of the word pieces are unknown" in refusal and "[UNK]" in refusal
+    assert "'chinese-tiny'" in refusal and "'multilingual-e5-small'" in refusal
+    assert not browser.find_element(By.ID, "start").is_enabled()
+
+    Select(browser.find_element(By.ID, "opt-base_model")).select_by_visible_text("choose the one that reads my text")
+    wait_for(browser).until(lambda d: text_of(d, "#base-model-name") == "chinese-tiny")
+    set_options(browser, {**TINY_OPTIONS, "num_train_epochs": "4"})
+    browser.find_element(By.ID, "start").click()
+    wait_for(browser).until(ec.url_contains("/console/jobs/"))
+    assert finished(browser) == "succeeded", text_of(browser, "#verdict")
+    job = api_job(console_server, browser, "team-a")
+    visible(browser, "#verdict a[href*='#try']")  # the outcome has rendered
+    assert text_of(browser, "#base-model-name") == "chinese-tiny"
+    metrics = text_of(browser, "#metrics")
+    assert all(label in metrics for label in CHINESE_LABELS)
+    assert not browser_errors(browser)
+
+    # the same through HTTP: predictions, the report, the metrics and the label audit carry the Chinese labels
+    answer = httpx.post(
+        f"{console_server.url}/predict",
+        json={"texts": ["很差，肮脏，失望", "干净，舒适，推荐"], "model": "team-a/reviews"},
+        headers=bearer("team-a"),
+        timeout=30,
+    ).json()
+    assert [p["label"] for p in answer["predictions"]] == [CHINESE_LABELS[1], CHINESE_LABELS[0]]
+    assert set(answer["predictions"][0]["probabilities"]) == set(CHINESE_LABELS)
+    report = httpx.get(f"{console_server.url}/jobs/{job['job_id']}/report", headers=bearer("team-a"), timeout=30).json()
+    assert report["report"]["data_report"]["base_model"]["name"] == "chinese-tiny"
+    assert report["report"]["label_names"] == sorted(CHINESE_LABELS)
+    metrics_text = httpx.get(f"{console_server.url}/metrics", timeout=30).text
+    assert f'label="{CHINESE_LABELS[1]}"' in metrics_text, "Prometheus label values carry the Chinese label"
+    issues = httpx.get(f"{console_server.url}/jobs/{job['job_id']}/label_issues.csv", headers=bearer("team-a"), timeout=30)
+    assert issues.status_code in (200, 404) and "\ufffd" not in issues.text
+
+
+def test_a_chinese_upload_asking_for_the_english_model_over_http_is_a_422_that_says_what_to_do(
+    console_server: Server, tmp_path: Path
+) -> None:
+    reviews = write_csv(tmp_path / "reviews.csv", chinese_keyword_rows(100))
+    with reviews.open("rb") as f:
+        r = httpx.post(
+            f"{console_server.url}/finetune",
+            headers=bearer("team-a"),
+            files={"file": ("reviews.csv", f, "text/csv")},
+            data={"model_name": "team-a/refused", "parameters": '{"base_model": "minilm"}'},
+            timeout=60,
+        )
+    assert r.status_code == 422
+    error = r.json()["error"]
+    assert error["type"] == "UnreadableText"
+    assert "of the word pieces are unknown to its vocabulary" in error["message"] and "[UNK]" in error["message"]
+    assert "Choose base_model 'chinese-tiny' or 'multilingual-e5-small'" in error["message"]
+    jobs = httpx.get(f"{console_server.url}/jobs", headers=bearer("team-a"), timeout=30).json()
+    assert all(job["model"] != "team-a/refused" for job in jobs)  # nothing was queued

@@ -181,3 +181,28 @@ export function parseCsv(text) {
   }
   return rows;
 }
+
+const percent = (share) => `${(100 * share).toFixed(1)}%`;
+
+/** The base model a job trains on, why, and how each candidate read the upload (training/base_models.py). */
+export function baseModelSection(choice) {
+  const how = choice.chosen_by === "request" ? "as requested" : "chosen automatically";
+  const rows = choice.readings.map((r) => [
+    r.model,
+    r.readable ? "yes" : "no",
+    percent(r.unknown_share),
+    percent(r.mostly_unknown_share),
+    r.pieces_per_word ? r.pieces_per_word.toFixed(2) : "–",
+    percent(r.single_letter_share),
+    Object.entries(r.scripts).slice(0, 3).map(([name, share]) => `${name} ${percent(share)}`).join(", ") || "–",
+  ]);
+  const chosen = choice.readings.find((r) => r.model === choice.name) || choice.readings[0];
+  const example = chosen && chosen.examples.length ? chosen.examples[0] : null;
+  return el(
+    "section",
+    { id: "base-model", "aria-label": "Base model" },
+    el("p", {}, "Base model ", el("strong", { id: "base-model-name", text: choice.name }), ` (${how}): `, el("span", { id: "base-model-reason", text: choice.reason })),
+    table(["model", "reads it", "unknown pieces", "texts mostly unknown", "pieces per word", "single letters", "scripts"], rows, { caption: "How each base model reads this text", numeric: [2, 3, 4, 5] }),
+    example ? el("p", { class: "hint", id: "base-model-example" }, "As the model sees a text: ", el("code", { text: example.pieces.join(" ") })) : null,
+  );
+}

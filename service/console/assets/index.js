@@ -1,7 +1,7 @@
 // The start page: sign in, check a file before training (POST /finetune/validate), start, list jobs.
-import { api, clear, el, fmt, setToken, showError, showIdentity, table, token, when } from "./console.js";
+import { api, baseModelSection, clear, el, fmt, setToken, showError, showIdentity, table, token, when } from "./console.js";
 
-const OPTIONS = ["num_train_epochs", "learning_rate", "per_device_train_batch_size", "max_length", "class_weighting", "label_audit", "remedy_attempts"];
+const OPTIONS = ["base_model", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "max_length", "class_weighting", "label_audit", "remedy_attempts"];
 const FINAL = ["succeeded", "blocked", "failed", "cancelled"];
 let schema = {};
 let columns = { text_column: null, label_column: null };
@@ -27,7 +27,8 @@ function optionInput(name) {
   const enumValues = spec.enum || (spec.anyOf || []).flatMap((s) => s.enum || []);
   const type = spec.type || (spec.anyOf || []).map((s) => s.type).find((t) => t && t !== "null");
   if (enumValues.length) {
-    input = el("select", { id, name }, enumValues.map((v) => el("option", { value: v, selected: v === spec.default, text: v })));
+    const automatic = spec.default === null ? el("option", { value: "", selected: true, text: "choose the one that reads my text" }) : null;
+    input = el("select", { id, name, onchange: name === "base_model" ? () => checkFile() : null }, automatic, enumValues.map((v) => el("option", { value: v, selected: v === spec.default, text: v })));
   } else if (type === "boolean") {
     input = el("input", { id, name, type: "checkbox", checked: spec.default === true });
   } else {
@@ -100,6 +101,7 @@ function renderCheck(check) {
   if (check.conflicting_examples.length) {
     node.append(el("p", { class: "hint" }, "Conflicting: ", check.conflicting_examples.join(" · ")));
   }
+  if (check.base_model) node.append(baseModelSection(check.base_model));
   const total = Object.values(check.class_counts).reduce((a, b) => a + b, 0);
   node.append(table(["class", "rows", "share"], Object.entries(check.class_counts).map(([label, n]) => [label, n, `${((100 * n) / total).toFixed(1)}%`]), { caption: "Class distribution", numeric: [1, 2] }));
 }

@@ -1,5 +1,5 @@
 // The job page: status and curves while it trains (polling GET /jobs/{id} and /curves), then the verdict.
-import { api, clear, download, el, fmt, imageFrom, parseCsv, showError, showIdentity, table, when } from "./console.js";
+import { api, baseModelSection, clear, download, el, fmt, imageFrom, parseCsv, showError, showIdentity, table, when } from "./console.js";
 
 const FINAL = ["succeeded", "blocked", "failed", "cancelled"];
 const POLL_MS = 1500;
@@ -127,6 +127,8 @@ function renderAttempts(result) {
 
 function renderMetrics(report) {
   const node = clear(document.getElementById("metrics"));
+  const choice = report.data_report && report.data_report.base_model;
+  if (choice && choice.name) node.append(baseModelSection(choice));
   for (const split of ["test", "validation"]) {
     const scores = report[split];
     if (!scores || !scores.per_class) continue;
