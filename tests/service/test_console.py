@@ -409,7 +409,9 @@ def test_a_chinese_upload_trains_on_a_model_that_reads_it_and_its_chinese_labels
     assert report["report"]["label_names"] == sorted(CHINESE_LABELS)
     metrics_text = httpx.get(f"{console_server.url}/metrics", timeout=30).text
     assert f'label="{CHINESE_LABELS[1]}"' in metrics_text, "Prometheus label values carry the Chinese label"
-    issues = httpx.get(f"{console_server.url}/jobs/{job['job_id']}/label_issues.csv", headers=bearer("team-a"), timeout=30)
+    issues = httpx.get(
+        f"{console_server.url}/jobs/{job['job_id']}/label_issues.csv", headers=bearer("team-a"), timeout=30
+    )
     assert issues.status_code in (200, 404) and "\ufffd" not in issues.text
 
 

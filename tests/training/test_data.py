@@ -69,7 +69,8 @@ def test_report_lists_duplicates_and_conflicting_labels(tmp_path: Path) -> None:
 
 def test_full_width_and_half_width_forms_of_a_text_are_one_text(tmp_path: Path) -> None:
     # Chinese and Japanese keyboards type Latin letters and digits full width: ＷｉＦｉ１２３ is WiFi123
-    _, report = _read(tmp_path, "text,label\n房间 ＷｉＦｉ 很快,正面\n房间 WiFi 很快,负面\n房间  WiFi 很快,正面\n服务差,负面\n")
+    rows = "房间 ＷｉＦｉ 很快,正面\n房间 WiFi 很快,负面\n房间  WiFi 很快,正面\n服务差,负面\n"
+    _, report = _read(tmp_path, "text,label\n" + rows)
     assert report.duplicate_texts == 2
     assert report.conflicting_texts == 1 and report.conflicting_examples == ["房间 ＷｉＦｉ 很快"]
     assert report.class_counts == {"正面": 2, "负面": 2}

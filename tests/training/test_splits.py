@@ -96,7 +96,8 @@ def test_full_width_and_half_width_copies_of_a_text_never_straddle_two_splits() 
     texts = [f"评论ＮＯ{i}" for i in range(60)] + [f"评论NO{i}" for i in range(60)]
     data = LabelledData(texts, ["正面" if i % 60 % 2 else "负面" for i in range(120)])
     splits = split_data(data, validation_size=0.2, test_size=0.2, seed=0)
-    keys = [{text.replace("ＮＯ", "NO") for text in part.texts} for part in (splits.train, splits.validation, splits.test)]
+    parts = (splits.train, splits.validation, splits.test)
+    keys = [{text.replace("ＮＯ", "NO") for text in part.texts} for part in parts]
     assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
     held_out = LabelledData(["评论NO1"], ["正面"])
     kept, dropped = remove_overlap(LabelledData(["评论ＮＯ1", "评论NO2"], ["正面", "负面"]), [held_out])
