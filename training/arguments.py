@@ -67,6 +67,12 @@ class TrainingArguments(BaseModel):
     freeze_layers: int = Field(
         0, ge=0, description="Freeze the embeddings and the lowest N encoder layers (a remedy for tiny data sets)."
     )
+    freeze_word_embeddings: bool | None = Field(
+        None,
+        description="Keep the word-embedding matrix as pre-trained. None: frozen when the vocabulary holds over "
+        "100,000 pieces (multilingual-e5-small's 250k rows are 80% of its parameters: training them cost 2.05 s "
+        "per step against 0.95 s frozen, batch 32 on 2 cores, and a fine-tune sees few of the rows).",
+    )
 
     # --- optimisation ---------------------------------------------------------------------
     learning_rate: float = Field(

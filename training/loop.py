@@ -630,6 +630,7 @@ def fine_tune(
     # model
     model = modeling.load_classifier(base_model, data.label_names, dropout=args.dropout, seed=args.seed)
     modeling.freeze_lower_layers(model, args.freeze_layers)
+    modeling.freeze_word_embeddings(model, args.freeze_word_embeddings)
     cast(torch.nn.Module, model).to(device)  # in place; transformers types .to() by its dtype overload only
     model.train()
 

@@ -109,6 +109,21 @@ def freeze_lower_layers(model: torch.nn.Module, num_frozen: int) -> None:
             param.requires_grad_(False)
 
 
+LARGE_VOCABULARY = 100_000
+"""Above this many pieces, word embeddings are frozen unless the arguments say otherwise."""
+
+
+def freeze_word_embeddings(model: PreTrainedModel, freeze: bool | None) -> bool:
+    """Freeze the word-embedding matrix (``freeze``; None: when the vocabulary is large); returns whether it is.
+
+    Position, token-type embeddings and their LayerNorm keep training: they are small and every text uses them."""
+    embeddings = model.get_input_embeddings()
+    frozen = freeze if freeze is not None else embeddings.weight.shape[0] > LARGE_VOCABULARY
+    if frozen:
+        embeddings.weight.requires_grad_(False)
+    return frozen
+
+
 def parameter_groups(
     model: torch.nn.Module, *, learning_rate: float, weight_decay: float, layerwise_lr_decay: float
 ) -> list[dict[str, Any]]:

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from fitgate.errors import ModelLoadError
-from training.modeling import freeze_lower_layers, load_classifier, parameter_groups
+from training.modeling import (
+    LARGE_VOCABULARY,
+    freeze_lower_layers,
+    freeze_word_embeddings,
+    load_classifier,
+    parameter_groups,
+)
 
 
 def test_no_weight_decay_on_biases_and_layernorm(tiny_model_dir: Path) -> None:
@@ -48,3 +54,17 @@ def test_dropout_override_reaches_the_model_config(tiny_model_dir: Path) -> None
 def test_a_hub_name_is_refused_because_nothing_is_downloaded() -> None:
     with pytest.raises(ModelLoadError, match="not a local directory; fitgate never downloads weights"):
         load_classifier("bert-base-uncased", ["a", "b"], dropout=None, seed=0)
+
+
+def test_word_embeddings_are_frozen_by_default_only_for_a_large_vocabulary(tiny_model_dir: Path) -> None:
+    model = load_classifier(str(tiny_model_dir), ["a", "b"], dropout=0.1, seed=0)  # MiniLM's 30,522 pieces
+    assert not freeze_word_embeddings(model, None)
+    assert model.get_input_embeddings().weight.requires_grad
+    assert freeze_word_embeddings(model, True)
+    trained = {id(p) for group in parameter_groups(model, learning_rate=1e-3, weight_decay=0.01, layerwise_lr_decay=1)
+               for p in group["params"]}  # fmt: skip
+    assert id(model.get_input_embeddings().weight) not in trained  # the optimizer keeps no state for the matrix
+    assert model.bert.embeddings.position_embeddings.weight.requires_grad
+    large = load_classifier(str(tiny_model_dir), ["a", "b"], dropout=0.1, seed=0)
+    large.resize_token_embeddings(LARGE_VOCABULARY + 1)
+    assert freeze_word_embeddings(large, None) and not large.get_input_embeddings().weight.requires_grad
