@@ -30,8 +30,9 @@ SCRIPTS = (
 """Scripts named in reports; letters of any other script are counted as "Other"."""
 _SCRIPT_OF = [(name, regex.compile(rf"\p{{Script={name}}}")) for name in SCRIPTS]
 _LETTER = regex.compile(r"\p{L}")
-_SPACED_WORD = regex.compile(r"[\p{L}\p{M}]+")  # a run of letters: a word in scripts written with spaces
-_UNSPACED = frozenset({"Han", "Hiragana", "Katakana", "Thai"})  # written without spaces between words
+# a word: a run of letters of the scripts written with spaces between words. Han, kana and Thai are written
+# without them, so their runs are sentences, not words; "iPhone很好" holds the one word "iPhone".
+_SPACED_WORD = regex.compile(r"[[\p{L}\p{M}]--[\p{Han}\p{Hiragana}\p{Katakana}\p{Thai}]]+", regex.V1)
 MOSTLY_UNKNOWN = 0.5
 """A text is "mostly unknown" when at least this share of its pieces is the unknown token."""
 
@@ -95,8 +96,6 @@ def measure_coverage(
         seen.append((share, SeenText(text[:200], list(tokenizer.convert_ids_to_tokens(ids[:40])))))
         letters.update(script_of(c) for c in _LETTER.findall(text))
         for word in _SPACED_WORD.finditer(text):
-            if script_of(word.group()[0]) in _UNSPACED:
-                continue
             cut = [
                 text[max(a, word.start()) : min(b, word.end())]
                 for a, b in offsets

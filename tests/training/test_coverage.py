@@ -83,3 +83,11 @@ def test_the_sample_is_seeded_so_one_upload_always_gives_the_same_numbers(
 )
 def test_letters_are_named_by_their_unicode_script(letter: str, script: str) -> None:
     assert script_of(letter) == script
+
+
+def test_latin_words_inside_chinese_text_are_measured_as_words_and_the_chinese_is_not(
+    minilm_tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    coverage = measure_coverage(["买了iPhone很好用", "房间WiFi很快"], minilm_tokenizer)
+    # the words are "iPhone" and "WiFi" (1-2 pieces each); the Chinese runs are sentences, never words
+    assert coverage.pieces_per_word < 2.5 and coverage.single_letter_share < 0.3
