@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fitgate.cli import main
-from tests.conftest import EXAMPLE_CSV, shared_dataset
+from tests.conftest import EXAMPLE_CSV, chinese_keyword_rows, shared_dataset, write_csv
 from training.arguments import TrainingArguments
 
 
@@ -47,6 +48,21 @@ def test_bad_data_prints_one_clear_line_and_no_traceback(tmp_path: Path) -> None
         "fitgate: error: found only one class ('one', 2 rows); a classifier needs at least 2 classes"
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_text_the_named_base_model_cannot_read_is_refused_in_one_line_naming_the_model_that_reads_it(
+    tmp_path: Path,
+) -> None:
+    reviews = write_csv(tmp_path / "reviews.csv", chinese_keyword_rows(60))
+    proc = subprocess.run(
+        [sys.executable, "-m", "fitgate.cli", "finetune", str(reviews), "-o", str(tmp_path / "r"),
+         "--base-model", "minilm"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "FITGATE_PREPARE_BASE_MODELS": "false"},
+    )  # fmt: skip
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("fitgate: error: base model 'minilm' (all-MiniLM-L6-v2: English")
+    assert "Choose base_model 'multilingual-e5-small'" in last and "Traceback" not in proc.stderr
 
 
 def test_out_of_bounds_option_is_refused_with_its_name(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ def format_report(result: RunResult) -> str:
         f"(text column {data.text_column!r}, label column {data.label_column!r}); "
         f"{data.empty_texts_dropped} empty texts dropped, {data.duplicate_texts} duplicates, "
         f"{data.conflicting_texts} texts with conflicting labels",
+        _base_model_line(data.base_model),
         "classes: "
         + ", ".join(f"{k}={v}" for k, v in list(data.class_counts.items())[:20])
         + (" ..." if len(data.class_counts) > 20 else ""),
@@ -40,3 +41,9 @@ def format_report(result: RunResult) -> str:
         f"run directory: {result.output_dir}",
     ]
     return "\n".join(lines)
+
+
+def _base_model_line(choice: dict[str, object]) -> str:
+    if not choice:
+        return "base model: not recorded (a run from before base models were chosen by name)"
+    return f"base model: {choice['name']} ({choice['chosen_by']}): {choice['reason']}"
