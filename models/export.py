@@ -34,7 +34,7 @@ import fitgate
 from fitgate.errors import ExportError, is_disk_full
 from fitgate.settings import Settings
 from models.bundle import SPEC, BundleSpec, ReferenceStatistics, sha256_file, write_manifest
-from models.runtime import encode, load_tokenizer, run_logits, session_options
+from models.runtime import encode, load_tokenizer, run_logits, session_options, unknown_id
 from training.decision import decide, softmax
 from training.diagnosis import Diagnosis
 from training.evaluation import macro_f1
@@ -266,7 +266,9 @@ def _code_revision() -> str:
 
 def provenance(run: RunDirectory) -> dict[str, Any]:
     return {
-        "base_model": run.report.get("base_model"),
+        "base_model": (run.report.get("data_report") or {}).get("base_model", {}).get("name")
+        or run.report.get("base_model"),
+        "base_model_path": run.report.get("base_model"),
         "data_sha256": run.report.get("data_sha256"),
         "arguments": run.arguments.model_dump(),
         "run_directory": str(run.path),
@@ -296,7 +298,7 @@ def build_bundle(run: RunDirectory, diagnosis: Diagnosis, dest: Path, settings: 
             shutil.copy2(run.model_dir / name, dest / "tokenizer" / name)
     max_length = run.arguments.max_length
     tokenizer = load_tokenizer(dest / "tokenizer", max_length)
-    encoded = encode(tokenizer, run.validation.texts, tokenizer.token_to_id("[UNK]"))
+    encoded = encode(tokenizer, run.validation.texts, unknown_id(tokenizer))
 
     pad_id = int(model.config.pad_token_id or 0)
     session = ort.InferenceSession(str(fp32_path), session_options(), providers=["CPUExecutionProvider"])

@@ -8,6 +8,7 @@ ONNX Runtime, the ``tokenizers`` library and numpy, never torch or transformers.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +93,16 @@ def load_tokenizer(tokenizer_dir: Path, max_length: int) -> Tokenizer:
     tokenizer.no_padding()  # batches are padded to their own longest text, not to a fixed width
     tokenizer.enable_truncation(max_length)
     return tokenizer
+
+
+def unknown_id(tokenizer: Tokenizer) -> int | None:
+    """The id of the unknown piece: BERT's ``[UNK]``, XLM-R's ``<unk>``. WordPiece and BPE models name their
+    unknown token, Unigram models number it; a model without one has None (every text counts as known)."""
+    model = json.loads(tokenizer.to_str())["model"]
+    if model.get("unk_id") is not None:
+        return int(model["unk_id"])
+    token = model.get("unk_token")
+    return tokenizer.token_to_id(token) if token else None
 
 
 def encode(tokenizer: Tokenizer, texts: list[str], unk_id: int | None) -> Encoded:
@@ -195,7 +206,7 @@ class OnnxClassifier:
             )
         except Exception as exc:  # onnxruntime's errors share no public base class
             raise BundleCorrupt(f"bundle {self.bundle_dir}: ONNX Runtime cannot load {graph} ({exc})") from exc
-        self._tokenizer, self._unk_id = tokenizer, tokenizer.token_to_id("[UNK]")
+        self._tokenizer, self._unk_id = tokenizer, unknown_id(tokenizer)
         self._spec, self.served_graph = spec, graph
         self._session = session
 

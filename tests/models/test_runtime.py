@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from models.runtime import length_batches
 
@@ -31,3 +32,17 @@ def test_a_long_text_does_not_pad_a_batch_of_short_ones() -> None:
 
 def test_no_texts_make_no_batches() -> None:
     assert length_batches([], batch_size=64) == []
+
+
+def test_the_unknown_piece_is_found_in_word_piece_and_unigram_vocabularies() -> None:
+    from tokenizers import Tokenizer
+    from tokenizers import models as tokenizer_models
+
+    from models.runtime import unknown_id
+    from training.modeling import default_base_model
+
+    bert = Tokenizer.from_file(str(Path(default_base_model()) / "tokenizer.json"))
+    assert unknown_id(bert) == bert.token_to_id("[UNK]") == 100
+    unigram = Tokenizer(tokenizer_models.Unigram([("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0),
+                                                  ("▁a", -1.0)], unk_id=3, byte_fallback=False))  # fmt: skip
+    assert unknown_id(unigram) == 3  # XLM-R numbers its <unk>: the serving metrics count it as they count [UNK]
