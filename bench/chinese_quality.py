@@ -20,6 +20,7 @@ overlap (hotel reviews), so each is trained and tested on its own rows only.
     python bench/chinese_quality.py                      # both sets, every recipe (about 40 min on 2 cores)
     python bench/chinese_quality.py --datasets chnsenticorp_htl --recipes tfidf fitgate
     python bench/chinese_quality.py --render             # rewrite the .md from the JSON
+    python bench/chinese_quality.py --append --datasets online_shopping_10_cats --recipes tfidf fitgate fusion
 """
 
 from __future__ import annotations
@@ -253,6 +254,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
     parser.add_argument("--train-rows", type=int, default=2000)
     parser.add_argument("--render", action="store_true")
+    parser.add_argument("--append", action="store_true", help="keep the saved rows of other data sets and recipes")
     options = parser.parse_args()
     out_json, out_md = RESULTS / "chinese_quality.json", RESULTS / "chinese_quality.md"
     if options.render:
@@ -263,6 +265,10 @@ def main() -> None:
 
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, no GPU"
     rows: list[dict[str, Any]] = []
+    if options.append and out_json.exists():
+        saved = json.loads(out_json.read_text())
+        rows = [r for r in saved["rows"] if (r["dataset"], r["recipe"]) not in
+                {(d, r) for d in options.datasets for r in options.recipes}]  # fmt: skip
     for dataset in options.datasets:
         splits = splits_for(dataset, options.train_rows)
         assert splits.test is not None
