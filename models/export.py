@@ -113,9 +113,7 @@ def torch_logits(model: PreTrainedModel, ids: list[list[int]], batch_size: int =
     return out
 
 
-def _shape_sweep_inputs(
-    vocab_size: int, max_length: int, seed: int, start: int, end: int
-) -> list[list[list[int]]]:
+def _shape_sweep_inputs(vocab_size: int, max_length: int, seed: int, start: int, end: int) -> list[list[list[int]]]:
     """Batch 1 and 256 at sequence 1 and the maximum, plus a padded batch of mixed lengths.
 
     Texts open and close with the tokenizer's own start and end ids (BERT's 101/102, XLM-R's 0/2) and hold

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis.configuration import set_hypothesis_home_dir
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
 from fitgate.database import dispose_engines
 from tests.postgres import PostgresServer, find_binaries
@@ -156,7 +156,7 @@ def save_character_bert(path: Path, texts: list[str]) -> Path:
     continuations = [f"##{c}" for c in ascii_letters]  # "10" is "1", "##0" to a word-piece vocabulary
     vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(ascii_letters + characters)]
     vocabulary += continuations
-    BertTokenizerFast(vocab={piece: i for i, piece in enumerate(vocabulary)}).save_pretrained(tokenizer_dir)
+    BertTokenizer(vocab={piece: i for i, piece in enumerate(vocabulary)}).save_pretrained(tokenizer_dir)
     return save_random_bert(path, str(tokenizer_dir), num_hidden_layers=2, intermediate_size=64)
 
 

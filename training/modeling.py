@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import (
@@ -117,11 +117,11 @@ def freeze_word_embeddings(model: PreTrainedModel, freeze: bool | None) -> bool:
     """Freeze the word-embedding matrix (``freeze``; None: when the vocabulary is large); returns whether it is.
 
     Position, token-type embeddings and their LayerNorm keep training: they are small and every text uses them."""
-    embeddings = model.get_input_embeddings()
-    frozen = freeze if freeze is not None else embeddings.weight.shape[0] > LARGE_VOCABULARY
+    weight = cast(torch.nn.Embedding, model.get_input_embeddings()).weight
+    frozen = freeze if freeze is not None else int(weight.shape[0]) > LARGE_VOCABULARY
     if frozen:
-        embeddings.weight.requires_grad_(False)
-    return frozen
+        weight.requires_grad_(False)
+    return bool(frozen)
 
 
 def parameter_groups(
