@@ -159,6 +159,19 @@ def run_fitgate(splits: Splits, names: list[str], base_model: str, work: Path, l
     return row
 
 
+def saved_fitgate(splits: Splits, work: Path) -> dict[str, Any]:
+    """The ``fitgate`` recipe's row and probabilities from the run directory an earlier invocation left."""
+    assert splits.test is not None
+    report = json.loads((work / "run" / "report.json").read_text())
+    max_length = json.loads((work / "run" / "arguments.json").read_text())["max_length"]
+    return {
+        "train_seconds": report["train_seconds"],
+        "wall_seconds": report["total_seconds"],
+        "_validation": _run_probabilities(work / "run", splits.validation.texts, report["temperature"], max_length),
+        "_test": _run_probabilities(work / "run", splits.test.texts, report["temperature"], max_length),
+    }
+
+
 def run_trainer(splits: Splits, names: list[str], work: Path) -> dict[str, Any]:
     """``transformers.Trainer`` with default arguments on the multilingual directory, as its documentation shows."""
     from transformers import Trainer
@@ -287,10 +300,10 @@ def main() -> None:
                 done[recipe] = run_fitgate(splits, names, "minilm", work, lenient=True)
             elif recipe == "trainer":
                 done[recipe] = run_trainer(splits, names, work)
-            elif "fitgate" in done and "tfidf" in done:
-                done[recipe] = run_fusion(splits, names, done["fitgate"], done["tfidf"])
-            else:
-                continue
+            else:  # fusion: of this invocation's two recipes, or of what an earlier one left
+                tfidf = done.get("tfidf") or run_tfidf(splits, names)
+                model = done.get("fitgate") or saved_fitgate(splits, WORK / dataset / "fitgate")
+                done[recipe] = run_fusion(splits, names, model, tfidf)
             row = {"dataset": dataset, "rows": sizes, "recipe": recipe,
                    **{k: v for k, v in done[recipe].items() if not k.startswith("_")}}  # fmt: skip
             rows.append(row)
