@@ -17,8 +17,8 @@ ENV TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu"
 # hadolint ignore=DL3006
 FROM base-${DEVICE} AS base
 ARG DEVICE
-# hadolint ignore=DL3008
 # fonts-wqy-microhei (5 MB): the plots draw Chinese, Japanese and Korean class names instead of numbering them
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates fonts-wqy-microhei \
     && rm -rf /var/lib/apt/lists/*
