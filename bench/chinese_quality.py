@@ -10,6 +10,7 @@ Recipes, each trained on the same training rows and scored on the same test rows
 - ``trainer``: the Hugging Face ``Trainer`` with default ``TrainingArguments`` (lr 5e-5, batch 8,
   3 epochs, every parameter trained) on the same multilingual directory.
 - ``fitgate_6_epochs``: the same with ``num_train_epochs=6`` (early stopping still on).
+- ``fitgate_lr_3e-4``: the same with ``learning_rate=3e-4`` (what the repair loop raised an underfit run's to).
 - ``fusion``: late fusion of ``fitgate``'s calibrated probabilities with ``tfidf``'s, the weight
   picked on validation (computed here from the two recipes' outputs; not built into the service).
 
@@ -58,7 +59,7 @@ SOURCES = {
     "chnsenticorp_htl": DATASETS / "chnsenticorp_htl" / "chnsenticorp_htl_all.csv",
     "online_shopping_10_cats": DATASETS / "online_shopping_10_cats" / "online_shopping_10_cats.csv",
 }
-RECIPES = ("tfidf", "fitgate", "fitgate_english", "trainer", "fusion", "fitgate_6_epochs")
+RECIPES = ("tfidf", "fitgate", "fitgate_english", "trainer", "fusion", "fitgate_6_epochs", "fitgate_lr_3e-4")
 VALIDATION_ROWS, TEST_ROWS = 600, 2000
 
 
@@ -133,14 +134,14 @@ def _run_probabilities(run_dir: Path, texts: list[str], temperature: float, max_
 
 
 def run_fitgate(
-    splits: Splits, names: list[str], base_model: str, work: Path, lenient: bool, epochs: int = 3
+    splits: Splits, names: list[str], base_model: str, work: Path, lenient: bool, epochs: int = 3, lr: float = 1e-4
 ) -> dict[str, Any]:
     assert splits.test is not None
     parts = {"train": splits.train, "validation": splits.validation, "test": splits.test}
     paths = [write_labelled_csv(part, work / f"{n}.csv") for n, part in parts.items()]
     limits = ReadabilityLimits(1.0, 1.0, 1.0) if lenient else ReadabilityLimits()
     catalogue = BaseModels(Path(os.environ["FITGATE_DATA_DIR"]) / "base-models", limits=limits)
-    args = TrainingArguments(base_model=base_model, num_train_epochs=epochs)
+    args = TrainingArguments(base_model=base_model, num_train_epochs=epochs, learning_rate=lr)
     started = time.perf_counter()
     result = fine_tune(paths[0], work / "run", args, validation_path=paths[1], test_path=paths[2],
                        base_models=catalogue)  # fmt: skip
@@ -238,6 +239,7 @@ TITLES = {
     "trainer": "HF Trainer, multilingual-e5-small",
     "fusion": "fitgate + TF-IDF late fusion",
     "fitgate_6_epochs": "fitgate, multilingual-e5-small, num_train_epochs=6",
+    "fitgate_lr_3e-4": "fitgate, multilingual-e5-small, learning_rate=3e-4",
 }
 
 
@@ -314,6 +316,8 @@ def main() -> None:
                 done[recipe] = run_tfidf(splits, names)
             elif recipe == "fitgate":
                 done[recipe] = run_fitgate(splits, names, MULTILINGUAL, work, lenient=False)
+            elif recipe == "fitgate_lr_3e-4":
+                done[recipe] = run_fitgate(splits, names, MULTILINGUAL, work, lenient=True, lr=3e-4)
             elif recipe == "fitgate_6_epochs":
                 done[recipe] = run_fitgate(splits, names, MULTILINGUAL, work, lenient=True, epochs=6)
             elif recipe == "fitgate_english":
