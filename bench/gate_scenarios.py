@@ -217,7 +217,7 @@ def write_results(out: Path, rows: list[dict[str, object]]) -> None:
     for r in rows:
         lines.append(
             f"| {r['dataset']}{' (' + str(r['base_model']) + ')' if r.get('base_model') else ''} | {r['scenario']} "
-            f"| {r['expected']} | {r['verdict']} | {'yes' if r['met'] else 'NO'} "
+            f"| {str(r['expected']).replace('|', ' or ')} | {r['verdict']} | {'yes' if r['met'] else 'NO'} "
             f"| {r['exported_epoch']:g} | {r['train_macro_f1']:.3f} / {r['val_macro_f1']:.3f} | {r['seconds']:.0f} |"
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
