@@ -57,12 +57,8 @@ class UploadIntake:
     def arguments(self, parameters: str) -> TrainingArguments:
         """The request's training arguments; ``base_model`` must name a model of this server, never a path."""
         args = parse_parameters(parameters, self.settings.json_limits())
-        if args.base_model is not None and args.base_model not in self.base_models.names():
-            raise InvalidRequest(
-                f"unknown base_model {args.base_model!r}: name one of this server's base models "
-                f"({', '.join(self.base_models.names())}), or leave it out to let fitgate choose the one that "
-                "reads your text"
-            )
+        if args.base_model is not None:
+            self.base_models.card(args.base_model)  # a name of this catalogue, or a 422 listing them
         self.check_device(args)
         return args
 

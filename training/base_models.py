@@ -13,6 +13,7 @@ so a job never trains on a model the door would have refused.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -162,11 +163,8 @@ class BaseModels:
         one; the service admits names only)."""
         if requested is None or requested in self.cards or not Path(requested).is_dir():
             return self
-        widened = BaseModels(self.cache_dir, limits=self.limits)
-        widened.default, widened.cards = (
-            self.default,
-            self.cards | {requested: _directory_card(requested, Path(requested))},
-        )
+        widened = copy.copy(self)
+        widened.cards = self.cards | {requested: _directory_card(requested, Path(requested))}
         return widened
 
     def names(self) -> list[str]:
@@ -174,7 +172,10 @@ class BaseModels:
 
     def card(self, name: str) -> BaseModelCard:
         if name not in self.cards:
-            raise ArgumentsError(f"unknown base_model {name!r}; this server offers {', '.join(self.cards)}")
+            raise ArgumentsError(
+                f"unknown base_model {name!r}: this server offers {', '.join(self.cards)}; name one of them, or "
+                "leave it out to let fitgate choose the one that reads your text"
+            )
         return self.cards[name]
 
     def path(self, name: str) -> Path:
@@ -225,8 +226,7 @@ def _readers(texts: Sequence[str], catalogue: BaseModels, skip: str, scripts: Ma
         if name == skip:
             continue
         if card.scripts is not None:
-            unfamiliar = sum(share for script, share in scripts.items() if script not in card.scripts)
-            if scripts and unfamiliar <= catalogue.limits.max_unfamiliar_script_share:
+            if scripts and _unfamiliar_share(scripts, card.scripts) <= catalogue.limits.max_unfamiliar_script_share:
                 readers.append(name)
         elif catalogue.read(name, texts).readable:
             readers.append(name)
@@ -248,13 +248,18 @@ def _problems(coverage: VocabularyCoverage, scripts: frozenset[str] | None, limi
         )
     if scripts is not None:
         unfamiliar = {name: share for name, share in coverage.scripts.items() if name not in scripts}
-        if sum(unfamiliar.values()) > limits.max_unfamiliar_script_share:
+        if _unfamiliar_share(coverage.scripts, scripts) > limits.max_unfamiliar_script_share:
             named = ", ".join(f"{name} {share:.0%}" for name, share in unfamiliar.items())
             problems.append(
                 f"the text is written in scripts it was not trained on ({named} of the letters; "
                 f"limit {limits.max_unfamiliar_script_share:.0%})"
             )
     return problems
+
+
+def _unfamiliar_share(scripts: Mapping[str, float], known: frozenset[str]) -> float:
+    """The share of letters in scripts outside ``known``."""
+    return sum(share for script, share in scripts.items() if script not in known)
 
 
 def _refusal(reading: Reading, readers: list[str], card: BaseModelCard) -> str:

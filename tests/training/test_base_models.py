@@ -15,6 +15,14 @@ CHINESE = [text for text, _ in chinese_keyword_rows(50)]
 ARABIC = ["مرحبا بكم في المطعم الجديد، الطعام لذيذ جدا", "الخدمة سيئة والغرفة غير نظيفة"] * 5
 
 
+def _refusal(texts: list[str], tmp_path: Path) -> str:
+    """The 422 message of asking the English model to train on ``texts``."""
+    with pytest.raises(UnreadableText) as refused:
+        choose_base_model(texts, "minilm", BaseModels(tmp_path))
+    assert refused.value.status_code == 422
+    return refused.value.message
+
+
 def test_english_text_gets_the_default_english_model_and_the_report_says_why(tmp_path: Path) -> None:
     choice = choose_base_model(ENGLISH, None, BaseModels(tmp_path))
     assert choice.name == DEFAULT_BASE_MODEL and choice.chosen_by == "automatic"
@@ -25,10 +33,7 @@ def test_english_text_gets_the_default_english_model_and_the_report_says_why(tmp
 def test_chinese_text_asked_of_the_english_model_is_refused_with_the_share_an_example_and_who_reads_it(
     tmp_path: Path,
 ) -> None:
-    with pytest.raises(UnreadableText) as refused:
-        choose_base_model(CHINESE, "minilm", BaseModels(tmp_path))
-    message = refused.value.message
-    assert refused.value.status_code == 422
+    message = _refusal(CHINESE, tmp_path)
     assert "base model 'minilm'" in message and "of the word pieces are unknown to its vocabulary" in message
     assert "[UNK]" in message  # the example, as the model would see it
     assert "scripts it was not trained on (Han" in message
@@ -38,9 +43,7 @@ def test_chinese_text_asked_of_the_english_model_is_refused_with_the_share_an_ex
 def test_a_script_the_english_model_spells_out_letter_by_letter_is_refused_though_it_has_no_unknowns(
     tmp_path: Path,
 ) -> None:
-    with pytest.raises(UnreadableText) as refused:
-        choose_base_model(ARABIC, "minilm", BaseModels(tmp_path))
-    message = refused.value.message
+    message = _refusal(ARABIC, tmp_path)
     assert "unknown to its vocabulary" not in message  # [UNK] alone would have let it through
     assert "it spells the words out" in message and "Arabic 100%" in message
 
