@@ -72,6 +72,11 @@ class LabelAudit:
     baseline_macro_f1: float
     labels_unrelated: bool
     seconds: float
+    # the simple classifier on the validation rows alone: what the gate's baseline check compares with
+    validation_rows: int = 0
+    simple_validation_macro_f1: float | None = None
+    flagged_training_rows: int = 0
+    training_rows: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,6 +172,8 @@ def audit_labels(
     prior = np.bincount(data.labels, minlength=k) / len(data.labels)
     baseline = float(prior[prior > 0].sum() / k)  # stratified guessing: the best macro-F1 without the text
     oos_f1 = macro_f1(data.labels, suggested, k)
+    in_validation = np.array([split == "validation" for split in data.splits], dtype=bool)
+    in_training = ~in_validation
     return LabelAudit(
         method=method,
         rows_audited=len(data.labels),
@@ -180,6 +187,12 @@ def audit_labels(
         baseline_macro_f1=baseline,
         labels_unrelated=oos_f1 <= max(baseline, 1.0 / k) + UNRELATED_MARGIN,
         seconds=time.perf_counter() - started,
+        validation_rows=int(in_validation.sum()),
+        simple_validation_macro_f1=(
+            macro_f1(data.labels[in_validation], suggested[in_validation], k) if in_validation.any() else None
+        ),
+        flagged_training_rows=int(flagged[in_training].sum()),
+        training_rows=int(in_training.sum()),
     )
 
 
