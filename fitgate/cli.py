@@ -157,9 +157,6 @@ def _release(run_dir: Path, name: ModelName, promote: bool) -> int:
 
 
 def _finetune(ns: argparse.Namespace) -> int:
-    from training.loop import fine_tune  # heavy imports (torch) only for this command
-    from training.report import format_report
-
     reserved = {
         "command",
         "data",
@@ -174,27 +171,14 @@ def _finetune(ns: argparse.Namespace) -> int:
     name = ModelName.parse(ns.model_name) if ns.model_name else _default_model_name(ns.output)
     given = {k: v for k, v in vars(ns).items() if k not in reserved}
     args = parse_arguments(given)
-    if ns.no_export:
-        result = fine_tune(
-            ns.data,
-            ns.output,
-            args,
-            validation_path=ns.validation_file,
-            test_path=ns.test_file,
-            on_progress=_ProgressBar(enabled=not ns.quiet),
-        )
-        print(format_report(result))
-        from models.gate import diagnose_and_record
-        from training.rundir import RunDirectory
-
-        diagnosis = diagnose_and_record(RunDirectory.open(ns.output), Settings())
-        print(diagnosis.summary())
-        return 0 if diagnosis.passed else EXIT_BLOCKED
     return _train_and_release(ns, args, name)
 
 
 def _train_and_release(ns: argparse.Namespace, args: TrainingArguments, name: ModelName) -> int:
-    """Train, judge, repair when blocked (--remedy-attempts, default FITGATE_REMEDY_MAX_ATTEMPTS), export."""
+    """Train, judge, repair when blocked (--remedy-attempts, default FITGATE_REMEDY_MAX_ATTEMPTS), export.
+
+    With --no-export the same attempts run and are shown; nothing is exported or registered.
+    """
     from models.registry import open_registry
     from models.repair import JobVerdict, train_and_release
     from training.report import format_report
@@ -208,25 +192,38 @@ def _train_and_release(ns: argparse.Namespace, args: TrainingArguments, name: Mo
             args,
             name,
             settings,
-            open_registry(settings),
+            None if ns.no_export else open_registry(settings),
             repair_attempts=attempts,  # on the command line the user is the operator: no server cap
             promote=not ns.no_promote,
             validation_path=ns.validation_file,
             test_path=ns.test_file,
             on_progress=_ProgressBar(enabled=not ns.quiet),
+            export=not ns.no_export,
         )
     except GateBlocked as exc:
         if isinstance(exc.diagnosis, JobVerdict):
             print(format_report(exc.diagnosis.result))  # the last attempt's, scored on validation only
+            for attempt in exc.diagnosis.attempts:
+                if attempt.remedy:
+                    print(f"  {attempt.number}. seen: {attempt.remedy['seen']}; next: {attempt.remedy['reason']}")
         print(exc.message)
         print(f"the report, curves, per-class table and label_issues.csv stay in {ns.output}")
         return EXIT_BLOCKED
     print(format_report(repaired.result))
     if len(repaired.attempts) > 1:
-        print(f"repaired: attempt {repaired.exported_attempt} passed after {len(repaired.attempts) - 1} blocked")
+        print(f"repaired: attempt {repaired.chosen} of {len(repaired.attempts)} chosen")
         for attempt in repaired.attempts:
             print(f"  {attempt.number}. {', '.join(attempt.verdicts) or 'passed'}")
+            if attempt.remedy and attempt.remedy["retry"]:
+                print(f"     seen: {attempt.remedy['seen']}; next: {attempt.remedy['reason']}")
     released = repaired.released
+    if released is None:
+        from models.gate import diagnose_and_record
+        from training.rundir import RunDirectory, attempt_dir
+
+        print(diagnose_and_record(RunDirectory.open(attempt_dir(ns.output, repaired.chosen)), settings).summary())
+        print(f"--no-export: nothing was exported or registered; the runs stay in {ns.output}")
+        return 0
     print(released.diagnosis.summary())
     state = "and promoted: it is now the current version" if released.promoted else "(not promoted)"
     print(f"registered {released.name} version {released.version} {state}")

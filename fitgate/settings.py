@@ -52,7 +52,13 @@ class Settings(BaseSettings):
     gate_min_class_support: int = Field(5, ge=1)
     """Validation examples a class needs before a zero recall counts as degenerate."""
 
-    remedy_max_attempts: int = Field(1, ge=0, le=5)
+    gate_baseline_margin: float = Field(0.0, ge=0.0, le=1.0)
+    """Below baseline when validation macro-F1 is under the label audit's simple classifier's (logistic
+    regression on sentence embeddings and TF-IDF) on the same validation rows plus this."""
+
+    remedy_clean_min_flagged_share: float = Field(0.05, gt=0.0, le=1.0)
+    """The clean-the-data remedy runs when the label audit flags at least this share of the training rows."""
+    remedy_max_attempts: int = Field(2, ge=0, le=5)
     """Repair attempts after a blocked run (each retrains with the remedies for its verdict; the gate's
     thresholds above stay the same for every attempt). 0 turns repair off; a request may ask for fewer."""
 

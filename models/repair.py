@@ -1,11 +1,14 @@
-"""The repair loop: a blocked attempt is followed by one trained with the remedies for its verdict.
+"""The repair loop: a blocked attempt is followed by the one the remedy search (training/remedies.py) picks.
 
 A job's directory holds one run directory per attempt (``attempt-1``, ``attempt-2``, ...) and
-``attempts.json``, which says what each attempt changed and why, what the gate said of it, and
-which attempt the job's files are read from. The gate's thresholds are the same for every
+``attempts.json``, which says what each attempt saw, changed and why, what the gate said of it,
+and which attempt the job's files are read from. The gate's thresholds are the same for every
 attempt; attempts are judged on validation only, and the test split is scored once, for the
-attempt that is exported (docs/GATE.md says what choosing among a few attempts does to the
-validation estimate).
+attempt that is exported: the passing attempt with the highest validation macro-F1 (docs/GATE.md
+says what choosing among a few attempts does to the validation estimate).
+
+An attempt that trains without the rows the label audit flagged (the clean-the-data remedy)
+lists them in its ``dropped_rows.csv``: row number, text, given and suggested label.
 
 A job taken up again (its worker died, or lost its lease) resumes its current attempt from
 that attempt's last end-of-epoch checkpoint, with the arguments the checkpoint was trained
@@ -14,13 +17,14 @@ with; a job whose current attempt had not finished an epoch starts over from att
 
 from __future__ import annotations
 
+import csv
 import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from fitgate.errors import GateBlocked
+from fitgate.errors import GateBlocked, RunDirectoryError
 from fitgate.settings import Settings
 from models.gate import Released, diagnose_and_record, release
 from models.names import ModelName
@@ -31,8 +35,17 @@ from training.checkpoint import checkpoint_arguments
 from training.diagnosis import Diagnosis
 from training.loop import fine_tune, score_test_split
 from training.progress import CancelCheck, Progress, ProgressCallback, ignore_progress, never_cancelled
-from training.remedies import AuditEvidence, Change, remedy_for
-from training.rundir import RunDirectory, RunResult, attempt_dir, read_attempts, write_attempts
+from training.remedies import MAX_DROPPED_SHARE_OF_CLASS, AuditEvidence, Change, Tried, next_attempt
+from training.rundir import (
+    DROPPED_ROWS,
+    LABEL_ISSUES,
+    RunDirectory,
+    RunResult,
+    attempt_dir,
+    load_result,
+    read_attempts,
+    write_attempts,
+)
 
 
 @dataclass(frozen=True)
@@ -44,7 +57,8 @@ class Attempt:
     verdicts: list[str]
     validation_macro_f1: float
     seconds: float
-    remedy: dict[str, Any] | None  # what the policy decided after a blocked attempt
+    remedy: dict[str, Any] | None  # what the search decided after this attempt (None: it was exported at once)
+    rows_dropped: int = 0  # training rows left out by the clean-the-data remedy (listed in its dropped_rows.csv)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -92,15 +106,16 @@ class JobVerdict:
 
 @dataclass(frozen=True)
 class Repaired:
-    """The exported attempt: its run (test scores included), the release, and every attempt before it."""
+    """The chosen attempt: its run (test scores included), its release (None without export), every attempt."""
 
     result: RunResult
-    released: Released
+    released: Released | None
     attempts: list[Attempt]
+    chosen: int
 
     @property
     def exported_attempt(self) -> int:
-        return self.attempts[-1].number
+        return self.chosen
 
 
 def attempts_for(args: TrainingArguments, settings: Settings) -> int:
@@ -109,20 +124,100 @@ def attempts_for(args: TrainingArguments, settings: Settings) -> int:
     return allowed if args.remedy_attempts is None else min(args.remedy_attempts, allowed)
 
 
-def audit_evidence(result: RunResult) -> AuditEvidence | None:
-    audit = result.label_audit
+DROPPED_COLUMNS = ["row", "text", "given_label", "suggested_label", "quality_score"]
+
+
+def flagged_training_rows(run: RunDirectory) -> list[dict[str, str]]:
+    """The training rows the attempt's label audit flagged, most doubtful first, as label_issues.csv lists them.
+
+    At most ``MAX_DROPPED_SHARE_OF_CLASS`` of any class's training rows: the clean-up never empties a class.
+    """
+    path = run.path / LABEL_ISSUES
+    if not path.is_file():
+        return []
+    report = run.report
+    counts = dict(zip(report["label_names"], report["train_class_counts"], strict=True))
+    taken: dict[str, int] = {}
+    rows = []
+    with path.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            label = row["given_label"]
+            if row["split"] != "train" or not row["row"] or label not in counts:
+                continue
+            if taken.get(label, 0) + 1 > MAX_DROPPED_SHARE_OF_CLASS * counts[label]:
+                continue
+            taken[label] = taken.get(label, 0) + 1
+            rows.append(row)
+    return rows
+
+
+def audit_evidence(run: RunDirectory) -> AuditEvidence | None:
+    audit = run.report.get("label_audit")
     if not audit:
         return None
+    training = int(audit.get("training_rows") or 0)
     return AuditEvidence(
         labels_unrelated=bool(audit["labels_unrelated"]),
         out_of_sample_macro_f1=float(audit["out_of_sample_macro_f1"]),
         baseline_macro_f1=float(audit["baseline_macro_f1"]),
         estimated_noise_share=float(audit["estimated_noise_share"]),
+        flagged_training_share=int(audit.get("flagged_training_rows") or 0) / training if training else 0.0,
+        droppable_rows=tuple(int(r["row"]) for r in flagged_training_rows(run)),
     )
 
 
+def write_dropped_rows(run_dir: Path, previous: Path, excluded: list[int]) -> int:
+    """List, in the attempt that left them out, the rows it trained without (from the audit that flagged them)."""
+    if not excluded:
+        return 0
+    wanted = set(excluded)
+    rows = [r for r in flagged_training_rows(RunDirectory.open(previous)) if int(r["row"]) in wanted]
+    from fitgate.spreadsheet import write_csv_for_people
+
+    write_csv_for_people(run_dir / DROPPED_ROWS, DROPPED_COLUMNS, ([r[c] for c in DROPPED_COLUMNS] for r in rows))
+    return len(rows)
+
+
+def _tried(run: RunDirectory, diagnosis: Diagnosis) -> Tried:
+    return Tried(
+        arguments=run.arguments,
+        verdicts=list(diagnosis.blocking_verdicts),
+        validation_macro_f1=float(run.report["validation"]["macro_f1"]),
+        audit=audit_evidence(run),
+    )
+
+
+def _history(job_dir: Path, attempts: list[Attempt], args: TrainingArguments) -> list[Tried]:
+    """The search's view of finished attempts, read back from their run directories (a resumed job)."""
+    history = []
+    for attempt in attempts:
+        try:
+            run = RunDirectory.open(attempt_dir(job_dir, attempt.number))
+            history.append(Tried(run.arguments, attempt.verdicts, attempt.validation_macro_f1, audit_evidence(run)))
+        except RunDirectoryError:  # its directory is gone: what attempts.json says, with the job's arguments
+            history.append(Tried(args, attempt.verdicts, attempt.validation_macro_f1))
+    return history
+
+
 def _remedy_reason(changes: list[Change]) -> str:
-    return "; ".join(f"{c.argument} {c.before} -> {c.after} ({c.reason})" for c in changes)
+    return "; ".join(
+        f"{c['argument']} {c['before']} -> {c['after']} ({c['reason']})"
+        for c in (ch if isinstance(ch, dict) else ch.__dict__ for ch in changes)
+    )
+
+
+def _more_examples(run: RunDirectory) -> str:
+    """What more data would do for the thin classes, when the search stops without a pass."""
+    from training.remedies import more_examples_advice
+
+    report = run.report
+    per_class = {row["label"]: row for row in report["validation"]["per_class"]}
+    names = report["label_names"]
+    return more_examples_advice(
+        names,
+        list(report["train_class_counts"]),
+        [float(per_class.get(n, {}).get("f1", 0.0)) for n in names],
+    )
 
 
 def _tagged(on_progress: ProgressCallback, number: int, total: int, reason: str | None) -> ProgressCallback:
@@ -196,7 +291,7 @@ def train_and_release(
     args: TrainingArguments,
     name: ModelName,
     settings: Settings,
-    registry: Registry,
+    registry: Registry | None,
     *,
     repair_attempts: int,
     promote: bool,
@@ -205,15 +300,23 @@ def train_and_release(
     on_progress: ProgressCallback = ignore_progress,
     should_cancel: CancelCheck = never_cancelled,
     resume: bool = False,
+    export: bool = True,
 ) -> Repaired:
-    """Train, judge and export; a blocked attempt is retried with its remedy up to ``repair_attempts`` times.
+    """Train and judge; let the remedy search pick further attempts up to ``repair_attempts``; export the best.
 
-    With ``resume``, an interrupted job goes on with the attempt it was training, from that
-    attempt's last checkpoint (:func:`resume_point`); without one it starts over.
-    Raises ``GateBlocked`` carrying a :class:`JobVerdict` when no attempt passes.
+    The exported attempt is the passing one with the highest validation macro-F1. Without
+    ``export`` (the CLI's ``--no-export``) the same attempts run and the chosen one is scored on
+    test, but nothing is exported or registered. With ``resume``, an interrupted job goes on with
+    the attempt it was training, from that attempt's last checkpoint (:func:`resume_point`);
+    without one it starts over. Raises ``GateBlocked`` carrying a :class:`JobVerdict` when no
+    attempt passes.
     """
     base_models = BaseModels.from_settings(settings)
+    user_args = args
     attempts: list[Attempt] = []
+    history: list[Tried] = []
+    diagnoses: dict[int, Diagnosis] = {}
+    results: dict[int, RunResult] = {}
     reason: str | None = None
     changes: list[dict[str, Any]] = []
     total = 1 + repair_attempts
@@ -221,6 +324,8 @@ def train_and_release(
     point = resume_point(job_dir, args, total) if resume else None
     if point is not None:
         first, attempts, args, reason, changes = point.number, point.attempts, point.args, point.reason, point.changes
+        history = _history(job_dir, attempts, user_args)
+    stop = ""
     for number in range(first, total + 1):
         directory = attempt_dir(job_dir, number)
         resuming = point is not None and number == point.number
@@ -242,14 +347,14 @@ def train_and_release(
             resume=resuming,
             base_models=base_models,
         )
+        results[number] = result
+        dropped = write_dropped_rows(directory, attempt_dir(job_dir, number - 1), args.excluded_training_rows)
         progress(Progress("diagnosing"))
-        diagnosis = diagnose_and_record(RunDirectory.open(directory), settings)
-        remedy = None
-        if diagnosis.passed:
-            test = score_test_split(directory)
-            released = release(directory, name, settings, registry, promote=promote, on_progress=progress)
-        else:
-            remedy = remedy_for(diagnosis, args, audit_evidence(result))
+        run = RunDirectory.open(directory)
+        diagnosis = diagnose_and_record(run, settings)
+        diagnoses[number] = diagnosis
+        history.append(_tried(run, diagnosis))
+        remedy = next_attempt(history, user_args, settings.remedy_clean_min_flagged_share)
         attempts.append(
             Attempt(
                 number=number,
@@ -259,13 +364,11 @@ def train_and_release(
                 verdicts=list(diagnosis.blocking_verdicts),
                 validation_macro_f1=result.validation.macro_f1,
                 seconds=time.perf_counter() - started,
-                remedy=remedy.to_dict() if remedy else None,
+                remedy=remedy.to_dict() if remedy.retry or not diagnosis.passed else None,
+                rows_dropped=dropped,
             )
         )
         write_attempts(job_dir, [a.to_dict() for a in attempts], chosen=number)
-        if remedy is None:
-            progress(Progress("done", metrics={"val_macro_f1": result.validation.macro_f1}))
-            return Repaired(replace(result, test=test), released, attempts)
         if not remedy.retry or number == total:
             stop = (
                 remedy.reason
@@ -275,9 +378,29 @@ def train_and_release(
                     f"remedy_attempts parameter); the next one would change: {_remedy_reason(remedy.changes)}"
                 )
             )
-            raise GateBlocked(JobVerdict(diagnosis, attempts, stop, result))
+            break
         assert remedy.arguments is not None  # retry is true
         args = remedy.arguments
         reason = _remedy_reason(remedy.changes)
         changes = [c.__dict__ for c in remedy.changes]
-    raise AssertionError("unreachable: the last attempt returns or raises")
+
+    passing = [a for a in attempts if a.passed]
+    if not passing:
+        last = RunDirectory.open(attempt_dir(job_dir, attempts[-1].number))
+        advice = _more_examples(last)
+        raise GateBlocked(
+            JobVerdict(diagnoses[attempts[-1].number], attempts, stop + (f"; {advice}" if advice else ""), result)
+        )
+    chosen = max(passing, key=lambda a: a.validation_macro_f1)
+    write_attempts(job_dir, [a.to_dict() for a in attempts], chosen=chosen.number)
+    directory = attempt_dir(job_dir, chosen.number)
+    progress = _tagged(on_progress, chosen.number, total, chosen.reason)
+    test = score_test_split(directory)
+    released = (
+        release(directory, name, settings, registry, promote=promote, on_progress=progress)
+        if export and registry is not None
+        else None
+    )
+    chosen_result = results[chosen.number] if chosen.number in results else load_result(directory)
+    progress(Progress("done", metrics={"val_macro_f1": chosen.validation_macro_f1}))
+    return Repaired(replace(chosen_result, test=test or chosen_result.test), released, attempts, chosen.number)

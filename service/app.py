@@ -371,6 +371,18 @@ def create_app(settings: Settings) -> FastAPI:
         """The rows whose labels look wrong (row number in the upload, text, given and suggested label, quality)."""
         return run_file(fitgate, job_id, caller, rundir.LABEL_ISSUES, "text/csv")
 
+    @app.get("/jobs/{job_id}/dropped_rows.csv", response_class=FileResponse, responses=CSV_RESPONSE | errors(404))
+    async def job_dropped_rows(
+        job_id: str, fitgate: State, caller: Annotated[Caller, caller_for("finetune")]
+    ) -> FileResponse:
+        """The training rows an attempt left out because the label audit doubted their labels (row number in the
+        upload, text, given and suggested label, quality); 404 when no attempt left any out."""
+        fitgate.job_for(job_id, caller)
+        path = rundir.dropped_rows_file(fitgate.settings.run_dir(job_id))
+        if not path.is_file():
+            raise JobNotFound(f"job {job_id} left no training rows out: no attempt cleaned its data")
+        return FileResponse(path, media_type="text/csv")
+
     @app.get("/models", responses=errors())
     async def list_models(fitgate: State, caller: Annotated[Caller, caller_for("predict")]) -> list[ModelVersionOut]:
         return [

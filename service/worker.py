@@ -124,11 +124,12 @@ def run_job(job_id: str, settings: Settings, generation: int, *, resume: bool = 
                 should_cancel=reporter.should_cancel,
                 resume=resume,
             )
-        result = repaired.result
+        result, released = repaired.result, repaired.released
+        assert released is not None  # a job always exports
         finish("succeeded", result={
-            "version": repaired.released.version,
-            "promoted": repaired.released.promoted,
-            "diagnosis": repaired.released.diagnosis.to_dict(),
+            "version": released.version,
+            "promoted": released.promoted,
+            "diagnosis": released.diagnosis.to_dict(),
             "metrics": {"validation_macro_f1": result.validation.macro_f1,
                         "test_macro_f1": result.test.macro_f1 if result.test else None},
             "exported_attempt": repaired.exported_attempt,

@@ -196,6 +196,17 @@ class TrainingArguments(BaseModel):
         description="Repair attempts after a blocked run, each with the remedies for its verdict (0 turns repair "
         "off; unset: the server's FITGATE_REMEDY_MAX_ATTEMPTS, which also caps what a request asks for).",
     )
+    clean_flagged_rows: bool = Field(
+        True,
+        description="Let the repair try an attempt without the training rows the label audit flags as mislabelled "
+        "(when it flags a material share; validation and test rows are never left out).",
+    )
+    excluded_training_rows: list[int] = Field(
+        default_factory=list,
+        max_length=1_000_000,
+        description="Row numbers of the uploaded file (the header is row 1) left out of training; the clean-the-data "
+        "remedy sets it from the label audit. Validation and test rows are never left out.",
+    )
 
     # --- runtime ---------------------------------------------------------------------------
     seed: int = Field(

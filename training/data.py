@@ -61,6 +61,8 @@ class DataReport:
     conflicting_examples: list[str] = field(default_factory=list)
     base_model: dict[str, Any] = field(default_factory=dict)
     """The base model chosen for these texts and how each candidate read them (training.base_models)."""
+    training_rows_left_out: int = 0
+    """Training rows the clean-the-data remedy left out (``excluded_training_rows``)."""
 
 
 def read_labelled_file(

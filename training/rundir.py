@@ -40,6 +40,7 @@ LEARNING_CURVES_PNG = "learning_curves.png"
 CONFUSION_PNG = "confusion_matrix.png"
 TEST_CSV = "test.csv"  # the held-out rows, scored only once an attempt is chosen for export
 LABEL_ISSUES = "label_issues.csv"  # rows whose labels look wrong (training/audit.py)
+DROPPED_ROWS = "dropped_rows.csv"  # training rows an attempt left out: the clean-the-data remedy (models/repair.py)
 CHECKPOINT = "checkpoint.pt"  # the last finished epoch of a running job (training/checkpoint.py); gone once saved
 ATTEMPTS = "attempts.json"  # in a job's directory holding one sub-directory per attempt (models/repair.py)
 
@@ -125,6 +126,31 @@ def _plot_final_confusion(out: Path, label_names: list[str], scores: SplitScores
     plot_confusion(np.array(confusion), label_names, out / CONFUSION_PNG, title=f"confusion matrix ({split})")
 
 
+def _split_scores(values: dict[str, Any] | None) -> SplitScores | None:
+    if values is None:
+        return None
+    return SplitScores(**{**values, "per_class": [ClassScores(**c) for c in values["per_class"]]})
+
+
+def load_result(path: Path) -> RunResult:
+    """A finished run's ``RunResult`` read back from its directory (a resumed job's earlier attempt)."""
+    report = _read_json(path / REPORT)
+    curves, _ = load_curves(path / CURVES)
+    fields = {name: report[name] for name in RunResult.__dataclass_fields__ if name in report}
+    validation = _split_scores(report["validation"])
+    assert validation is not None
+    return RunResult(
+        **{
+            **fields,
+            "output_dir": path,
+            "curves": curves,
+            "validation": validation,
+            "test": _split_scores(report.get("test")),
+            "data_report": DataReport(**report["data_report"]),
+        }
+    )
+
+
 def record_test_scores(path: Path, scores: SplitScores) -> None:
     """Add the test split's scores to a finished run (the attempt chosen for export) and redraw its matrix."""
     report = _read_json(path / REPORT)
@@ -161,6 +187,15 @@ def resolve(path: Path) -> Path:
 def _read_json(path: Path) -> dict[str, Any]:
     parsed: dict[str, Any] = json.loads(path.read_text())
     return parsed
+
+
+def dropped_rows_file(path: Path) -> Path:
+    """A job's list of training rows left out (the one attempt that cleaned the data), or a run's own."""
+    attempts = read_attempts(path)
+    for attempt in attempts["attempts"] if attempts else []:
+        if attempt.get("rows_dropped"):
+            return attempt_dir(path, int(attempt["number"])) / DROPPED_ROWS
+    return path / DROPPED_ROWS
 
 
 def read_live_curves(path: Path) -> dict[str, Any] | None:

@@ -95,6 +95,16 @@ def remove_overlap(train: LabelledData, held_out: list[LabelledData]) -> tuple[L
     return _subset(train, keep), len(train) - len(keep)
 
 
+def leave_out(train: LabelledData, rows: list[int]) -> tuple[LabelledData, int]:
+    """The training rows without those numbered ``rows`` in the upload (the clean-the-data remedy), and how many."""
+    if not rows or not train.rows:
+        return train, 0
+    excluded = set(rows)
+    keep = [i for i, row in enumerate(train.rows) if row not in excluded]
+    kept = LabelledData([train.texts[i] for i in keep], [train.labels[i] for i in keep], [train.rows[i] for i in keep])
+    return kept, len(train) - len(kept)
+
+
 def load_splits(
     data_path: Path,
     args: TrainingArguments,
@@ -134,6 +144,7 @@ def load_splits(
     train, leaked = remove_overlap(splits.train, [p for p in (given_val, given_test) if p is not None])
     if leaked:
         log.warning("dropped %d training rows whose text also appears in the validation/test file", leaked)
+    train, report.training_rows_left_out = leave_out(train, args.excluded_training_rows)
     unknown = sorted({*validation.labels, *(test.labels if test else [])} - set(train.labels))
     if unknown:
         raise DataError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, cast
 
@@ -10,15 +11,25 @@ import torch
 
 from fitgate.errors import TrainingCancelled
 from fitgate.settings import Settings
+from fitgate.spreadsheet import write_csv_for_people
 from models import repair
 from models.names import ModelName
 from models.registry import Registry
 from models.repair import Attempt, attempts_for, resume_point
 from training.arguments import TrainingArguments
+from training.audit import ISSUE_COLUMNS
 from training.checkpoint import Checkpoint, LossWindow, RandomState, save_checkpoint
 from training.progress import Progress
 from training.remedies import Change, Remedy
-from training.rundir import CHECKPOINT, RunResult, attempt_dir, read_attempts, write_attempts
+from training.rundir import (
+    CHECKPOINT,
+    LABEL_ISSUES,
+    RunDirectory,
+    RunResult,
+    attempt_dir,
+    read_attempts,
+    write_attempts,
+)
 
 
 def test_a_request_can_lower_the_repair_budget_but_not_raise_it() -> None:
@@ -169,3 +180,21 @@ def test_without_resume_a_job_starts_over_whatever_its_directory_holds(
     _job_interrupted_in_attempt_2(tmp_path, SECOND_ARGS)
     fake, _ = _train(tmp_path, monkeypatch, resume=False)
     assert [(c["directory"], c["resume"]) for c in fake.calls] == [(attempt_dir(tmp_path, 1), False)]
+
+
+# --- clean the data: which rows an attempt may leave out ---
+
+
+def test_only_flagged_training_rows_are_left_out_and_never_over_half_a_class(tmp_path: Path) -> None:
+    (tmp_path / "report.json").write_text(json.dumps({"label_names": ["ham", "spam"], "train_class_counts": [10, 4]}))
+    issues = [
+        ("5", "train", "win cash", "ham", "spam", "0.01"),
+        ("9", "validation", "free prize", "ham", "spam", "0.02"),  # validation rows decide: never dropped
+        ("12", "train", "see you", "spam", "ham", "0.03"),
+        ("14", "train", "call mum", "spam", "ham", "0.04"),
+        ("20", "train", "lunch later", "spam", "ham", "0.05"),  # a third spam row: over half of 4
+        ("", "train", "no row number", "ham", "spam", "0.06"),  # built in memory: cannot be named, so not dropped
+    ]
+    write_csv_for_people(tmp_path / LABEL_ISSUES, ISSUE_COLUMNS, issues)
+    rows = repair.flagged_training_rows(RunDirectory(tmp_path))
+    assert [r["row"] for r in rows] == ["5", "12", "14"]

@@ -80,3 +80,36 @@ def test_labels_unrelated_to_the_texts_stay_blocked_and_the_audit_is_named(serve
     assert all(int(r["row"]) >= 2 for r in table)  # row numbers of the upload (the header is row 1)
     other_team = httpx.get(f"{server.url}/jobs/{job_id}/label_issues.csv", headers=bearer("team-b"))
     assert other_team.status_code == 404
+
+
+def test_doubted_training_labels_are_left_out_by_the_next_attempt_and_listed(server: Server, tmp_path: Path) -> None:
+    """The clean-the-data remedy: 20% of the labels flipped; the audit names the rows, an attempt trains without
+    the training ones, the job lists them, and the better attempt on validation is exported."""
+    rows = keyword_rows(300)
+    rng = random.Random(5)
+    flipped = {i for i in range(len(rows)) if rng.random() < 0.2}
+    noisy = [(t, ({"ham": "spam", "spam": "ham"}[y] if i in flipped else y)) for i, (t, y) in enumerate(rows)]
+    data = write_csv(tmp_path / "noisy.csv", noisy)
+    job_id = _upload(server, data, "team-a/cleaned", {"learning_rate": 0.005, "num_train_epochs": 4})
+    job = server.wait_job(job_id, {"succeeded", "blocked", "failed"}, bearer("team-a"))
+    assert job["status"] in {"succeeded", "blocked"}, job
+    first, second = job["result"]["attempts"]
+    assert first["remedy"]["retry"] and "audit" in first["remedy"]["changes"][-1]["reason"]
+    assert second["rows_dropped"] > 0
+    assert any(c["argument"] == "excluded_training_rows" for c in second["changes"])
+
+    listed = httpx.get(f"{server.url}/jobs/{job_id}/dropped_rows.csv", headers=bearer("team-a"))
+    assert listed.status_code == 200, listed.text
+    table = list(csv.DictReader(io.StringIO(listed.text)))
+    assert len(table) == second["rows_dropped"]
+    assert set(table[0]) == {"row", "text", "given_label", "suggested_label", "quality_score"}
+    assert all(r["given_label"] != r["suggested_label"] for r in table)
+    truly_flipped = sum(int(r["row"]) - 2 in flipped for r in table)  # the header is row 1
+    assert truly_flipped >= 0.8 * len(table), f"{truly_flipped} of {len(table)} dropped rows were flipped"
+    if job["status"] == "succeeded":
+        chosen = job["result"]["exported_attempt"]
+        assert job["result"]["attempts"][chosen - 1]["validation_macro_f1"] == max(
+            a["validation_macro_f1"] for a in job["result"]["attempts"] if a["passed"]
+        ), "the better passing attempt on validation is exported"
+    other_team = httpx.get(f"{server.url}/jobs/{job_id}/dropped_rows.csv", headers=bearer("team-b"))
+    assert other_team.status_code == 404

@@ -7,10 +7,12 @@ import csv
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from tests.conftest import keyword_rows, shared_dataset
-from training.audit import ISSUE_COLUMNS, audit_run
+from training.audit import ISSUE_COLUMNS, audit_run, sentence_embeddings
 from training.data import LabelledData, read_labelled_file
 from training.modeling import default_base_model
 
@@ -58,6 +60,15 @@ def test_labels_that_do_not_depend_on_the_text_are_called_unrelated(tmp_path: Pa
     audit = audit_run(str(tiny_model_dir), train, validation, ["ham", "spam"], tmp_path / "issues.csv", seed=0)
     assert audit.labels_unrelated
     assert audit.out_of_sample_macro_f1 < audit.baseline_macro_f1 + 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_embeddings_on_the_training_gpu_match_the_cpu_ones(tiny_model_dir: Path) -> None:
+    texts = [t for t, _ in keyword_rows(100)]
+    on_cpu = sentence_embeddings(str(tiny_model_dir), texts)
+    on_gpu = sentence_embeddings(str(tiny_model_dir), texts, device="cuda")
+    assert on_gpu.dtype == np.float32 and on_gpu.shape == on_cpu.shape
+    np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
 
 
 @pytest.mark.slow

@@ -9,7 +9,13 @@ import pytest
 
 from fitgate.settings import Settings
 from training.curves import CurvePoint
-from training.diagnosis import bootstrap_macro_f1, diagnose, trivial_baseline_macro_f1
+from training.diagnosis import (
+    baseline_finding,
+    bootstrap_macro_f1,
+    diagnose,
+    serving_warnings,
+    trivial_baseline_macro_f1,
+)
 
 SETTINGS = Settings()
 
@@ -188,3 +194,38 @@ def test_findings_that_wrong_labels_explain_cite_the_label_audit() -> None:
     unrelated = cite_audit(diagnosis, {**audit, "labels_unrelated": True}).findings[0]
     assert "unrelated to the texts" in unrelated.message and "0.700" in unrelated.message
     assert cite_audit(diagnosis, {**audit, "estimated_noise_share": 0.01}) == diagnosis  # too little to cite
+
+
+# --- the baseline check and the warnings a team reads before serving --------------------------------
+
+AUDIT = {"simple_validation_macro_f1": 0.76, "method": "logistic regression", "validation_rows": 400}
+
+
+def test_a_model_below_the_simple_classifier_on_the_same_rows_is_blocked_with_both_numbers() -> None:
+    """Issue 30's repaired export: macro-F1 0.53 where TF-IDF + logistic regression reached 0.76."""
+    finding = baseline_finding(0.53, AUDIT, SETTINGS)
+    assert finding.verdict == "below_baseline" and finding.blocking
+    assert "0.530" in finding.message and "0.760" in finding.message
+    assert finding.evidence["simple_val_macro_f1"] == 0.76 and finding.remedy
+
+
+def test_a_model_that_matches_or_beats_the_simple_classifier_passes_the_baseline_check() -> None:
+    assert not baseline_finding(0.80, AUDIT, SETTINGS).blocking
+    perfect = {**AUDIT, "simple_validation_macro_f1": 1.0}
+    assert not baseline_finding(1.0, perfect, SETTINGS).blocking, "an easy task: nothing can be above 1.0"
+    assert baseline_finding(0.80, AUDIT, Settings(gate_baseline_margin=0.05)).blocking
+
+
+def test_without_the_label_audit_the_baseline_check_is_a_warning_that_it_did_not_run() -> None:
+    finding = baseline_finding(0.9, None, SETTINGS)
+    assert finding.verdict == "baseline_unchecked" and not finding.blocking
+
+
+def test_accuracy_below_the_majority_answer_and_worse_calibration_are_flagged_not_blocked() -> None:
+    labels = np.array([0] * 92 + [1] * 8)
+    predictions = np.array([0] * 60 + [1] * 32 + [1] * 8)  # catches every minority row, at the majority's cost
+    found = serving_warnings(labels, predictions, {"ece_before_calibration": 0.32, "ece_after_calibration": 0.36})
+    assert [f.verdict for f in found] == ["accuracy_below_majority", "calibration_worse"]
+    assert not any(f.blocking for f in found)
+    assert "0.680" in found[0].message and "0.920" in found[0].message
+    assert serving_warnings(labels, labels, {"ece_before_calibration": 0.1, "ece_after_calibration": 0.05}) == []

@@ -102,3 +102,16 @@ def test_full_width_and_half_width_copies_of_a_text_never_straddle_two_splits() 
     held_out = LabelledData(["评论NO1"], ["正面"])
     kept, dropped = remove_overlap(LabelledData(["评论ＮＯ1", "评论NO2"], ["正面", "负面"]), [held_out])
     assert dropped == 1 and kept.texts == ["评论NO2"]
+
+
+def test_excluded_rows_leave_training_only_and_the_report_counts_them(tmp_path: Path) -> None:
+    """The clean-the-data remedy: the split is the one the attempt before it judged on; only training shrinks."""
+    rows = [(f"text number {i} " + ("good" if i % 2 else "bad"), "pos" if i % 2 else "neg") for i in range(200)]
+    path = write_csv(tmp_path / "data.csv", rows)
+    plain, _ = load_splits(path, TrainingArguments())
+    excluded = plain.train.rows[:7] + plain.validation.rows[:3]  # validation row numbers are ignored
+    cleaned, report = load_splits(path, TrainingArguments(excluded_training_rows=excluded))
+    assert report.training_rows_left_out == 7
+    assert cleaned.train.rows == plain.train.rows[7:]
+    assert cleaned.validation.rows == plain.validation.rows
+    assert plain.test is not None and cleaned.test is not None and cleaned.test.rows == plain.test.rows

@@ -118,9 +118,17 @@ function renderAttempts(result) {
   const node = clear(document.getElementById("attempts"));
   if (!result || !result.attempts || result.attempts.length < 2) return;
   node.append(el("h3", { text: "Attempts" }), table(
-    ["attempt", "why it ran", "verdicts", "validation macro-F1", "seconds"],
-    result.attempts.map((a) => [a.number, a.reason || "the upload's own arguments", a.passed ? "passed" : a.verdicts.join(", "), fmt(a.validation_macro_f1), fmt(a.seconds, 0)]),
-    { numeric: [0, 3, 4] },
+    ["attempt", "why it ran", "verdicts", "validation macro-F1", "training rows left out", "what the search made of it", "seconds"],
+    result.attempts.map((a) => [
+      a.number + (a.number === result.exported_attempt ? " (exported)" : ""),
+      a.reason || "the upload's own arguments",
+      a.passed ? "passed" : a.verdicts.join(", "),
+      fmt(a.validation_macro_f1),
+      a.rows_dropped || 0,
+      a.remedy ? `${a.remedy.seen}. ${a.remedy.retry ? "Next: " : ""}${a.remedy.reason}` : "",
+      fmt(a.seconds, 0),
+    ]),
+    { numeric: [3, 4, 6] },
   ));
   if (result.stop_reason) node.append(el("p", { class: "hint" }, "Why no further attempt: ", result.stop_reason));
 }
@@ -168,11 +176,27 @@ async function renderLabelIssues(result) {
   return true;
 }
 
-function renderDownloads(hasIssues, hasReport) {
+async function renderDroppedRows(result) {
+  const node = clear(document.getElementById("dropped-rows"));
+  const cleaned = result && result.attempts && result.attempts.find((a) => a.rows_dropped > 0);
+  if (!cleaned) return false;
+  node.append(el("h3", { text: "Training rows left out" }), el("p", {}, `Attempt ${cleaned.number} trained without ${cleaned.rows_dropped} training rows whose labels the audit doubted (validation and test rows were kept as uploaded).`));
+  try {
+    const response = await api(`/jobs/${encodeURIComponent(jobId)}/dropped_rows.csv`, { raw: true });
+    const [header, ...rows] = parseCsv(await response.text()).filter((r) => r.length > 1);
+    node.append(table(header.map((h) => h.replaceAll("_", " ")), rows.slice(0, 20), { caption: rows.length > 20 ? `The 20 most doubtful of ${rows.length}` : null, numeric: [0, 4] }));
+  } catch (err) {
+    node.append(el("p", { class: "error", text: err.message }));
+  }
+  return true;
+}
+
+function renderDownloads(hasIssues, hasReport, hasDropped) {
   const node = clear(document.getElementById("downloads"));
   const files = [];
   if (hasReport) files.push(["report", "report.json"], ["learning_curves.png", "learning_curves.png"], ["confusion_matrix.png", "confusion_matrix.png"]);
   if (hasIssues) files.push(["label_issues.csv", "label_issues.csv"]);
+  if (hasDropped) files.push(["dropped_rows.csv", "dropped_rows.csv"]);
   for (const [path, name] of files) {
     node.append(el("li", {}, el("button", { type: "button", onclick: () => download(`/jobs/${encodeURIComponent(jobId)}/${path}`, `${jobId}-${name}`).catch((err) => showError(document.getElementById("job-error"), err)), text: `Download ${name}` })));
   }
@@ -191,7 +215,8 @@ async function renderOutcome(job) {
   if (report) renderMetrics(report.report);
   await renderPlots();
   const hasIssues = await renderLabelIssues(job.result);
-  renderDownloads(hasIssues, report !== null);
+  const hasDropped = await renderDroppedRows(job.result);
+  renderDownloads(hasIssues, report !== null, hasDropped);
   if (job.status === "succeeded") {
     document.getElementById("verdict").append(" ", el("a", { href: `/console/models?model=${encodeURIComponent(job.model)}&version=${encodeURIComponent(job.result.version)}#try`, text: "Try this model" }));
   }
