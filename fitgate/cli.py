@@ -12,6 +12,7 @@ import re
 import sys
 import typing
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -174,6 +175,12 @@ def _finetune(ns: argparse.Namespace) -> int:
     return _train_and_release(ns, args, name)
 
 
+def _search_log(remedy: dict[str, Any]) -> str:
+    """What the remedy search saw after an attempt, and what it changed next (or why it stopped)."""
+    changes = "; ".join(f"{c['argument']} {c['before']} -> {c['after']}" for c in remedy["changes"])
+    return f"seen: {remedy['seen']}; next: {remedy['reason']}" + (f" ({changes})" if changes else "")
+
+
 def _train_and_release(ns: argparse.Namespace, args: TrainingArguments, name: ModelName) -> int:
     """Train, judge, repair when blocked (--remedy-attempts, default FITGATE_REMEDY_MAX_ATTEMPTS), export.
 
@@ -205,7 +212,7 @@ def _train_and_release(ns: argparse.Namespace, args: TrainingArguments, name: Mo
             print(format_report(exc.diagnosis.result))  # the last attempt's, scored on validation only
             for attempt in exc.diagnosis.attempts:
                 if attempt.remedy:
-                    print(f"  {attempt.number}. seen: {attempt.remedy['seen']}; next: {attempt.remedy['reason']}")
+                    print(f"  {attempt.number}. {_search_log(attempt.remedy)}")
         print(exc.message)
         print(f"the report, curves, per-class table and label_issues.csv stay in {ns.output}")
         return EXIT_BLOCKED
@@ -215,7 +222,7 @@ def _train_and_release(ns: argparse.Namespace, args: TrainingArguments, name: Mo
         for attempt in repaired.attempts:
             print(f"  {attempt.number}. {', '.join(attempt.verdicts) or 'passed'}")
             if attempt.remedy and attempt.remedy["retry"]:
-                print(f"     seen: {attempt.remedy['seen']}; next: {attempt.remedy['reason']}")
+                print(f"     {_search_log(attempt.remedy)}")
     released = repaired.released
     if released is None:
         from models.gate import diagnose_and_record

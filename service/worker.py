@@ -186,6 +186,8 @@ def _audit_summary(audit: dict[str, Any] | None, job_id: str) -> dict[str, Any] 
         "estimated_noise_share": audit["estimated_noise_share"],
         "noise_share_by_class": audit["noise_share_by_class"],
         "labels_unrelated": audit["labels_unrelated"],
+        # the simple classifier the gate's baseline check compares the model with, on the validation rows
+        "simple_validation_macro_f1": audit.get("simple_validation_macro_f1"),
         "download": f"GET /jobs/{job_id}/label_issues.csv",
     }
 

@@ -163,3 +163,19 @@ def test_real_minilm_fine_tunes_on_sms_spam(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "run" / "attempt-1" / "report.json").read_text())
     assert result["test"]["macro_f1"] > 0.8  # scored once the attempt passed the gate
     assert result["curves"][-1]["val_loss"] < result["curves"][0]["val_loss"]
+
+
+def test_no_export_runs_the_same_repair_attempts_and_exports_nothing(
+    capsys: pytest.CaptureFixture[str], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A user sees what repair would do without registering anything: the attempts, what each saw and changed."""
+    code = main(
+        ["finetune", str(EXAMPLE_CSV), "-o", str(tmp_path / "run"), "--base-model", str(tiny_model_dir),
+         "--learning-rate", "0.005", "--max-steps", "3", "--class-weighting", "inverse", "--sampler", "balanced",
+         "--max-length", "32", "--train-eval-size", "100", "--remedy-attempts", "1", "--quiet", "--no-export"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "1. underfit" in out and "seen: attempt 1: underfit" in out and "max_steps" in out
+    assert (tmp_path / "run" / "attempt-2" / "arguments.json").is_file(), "the repair attempt ran"
+    assert code in (0, 3) and ("--no-export: nothing was exported or registered" in out or code == 3)
+    assert not list(tmp_path.rglob("*.onnx")) and "registered" not in out.replace("or registered", "")

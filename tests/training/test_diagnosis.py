@@ -204,21 +204,22 @@ AUDIT = {"simple_validation_macro_f1": 0.76, "method": "logistic regression", "v
 def test_a_model_below_the_simple_classifier_on_the_same_rows_is_blocked_with_both_numbers() -> None:
     """Issue 30's repaired export: macro-F1 0.53 where TF-IDF + logistic regression reached 0.76."""
     finding = baseline_finding(0.53, AUDIT, SETTINGS)
-    assert finding.verdict == "below_baseline" and finding.blocking
+    assert finding is not None and finding.verdict == "below_baseline" and finding.blocking
     assert "0.530" in finding.message and "0.760" in finding.message
     assert finding.evidence["simple_val_macro_f1"] == 0.76 and finding.remedy
 
 
 def test_a_model_that_matches_or_beats_the_simple_classifier_passes_the_baseline_check() -> None:
-    assert not baseline_finding(0.80, AUDIT, SETTINGS).blocking
+    assert baseline_finding(0.80, AUDIT, SETTINGS) is None
     perfect = {**AUDIT, "simple_validation_macro_f1": 1.0}
-    assert not baseline_finding(1.0, perfect, SETTINGS).blocking, "an easy task: nothing can be above 1.0"
-    assert baseline_finding(0.80, AUDIT, Settings(gate_baseline_margin=0.05)).blocking
+    assert baseline_finding(1.0, perfect, SETTINGS) is None, "an easy task: nothing can be above 1.0"
+    stricter = baseline_finding(0.80, AUDIT, Settings(gate_baseline_margin=0.05))
+    assert stricter is not None and stricter.blocking
 
 
 def test_without_the_label_audit_the_baseline_check_is_a_warning_that_it_did_not_run() -> None:
     finding = baseline_finding(0.9, None, SETTINGS)
-    assert finding.verdict == "baseline_unchecked" and not finding.blocking
+    assert finding is not None and finding.verdict == "baseline_unchecked" and not finding.blocking
 
 
 def test_accuracy_below_the_majority_answer_and_worse_calibration_are_flagged_not_blocked() -> None:
