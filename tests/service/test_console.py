@@ -9,6 +9,7 @@ Screenshots of the job and models pages are taken at 1280 and 390 px; set
 from __future__ import annotations
 
 import json
+import random
 import os
 import signal
 from collections.abc import Iterator
@@ -276,6 +277,37 @@ def test_a_product_engineer_fine_tunes_tries_promotes_and_rolls_back_in_the_brow
     assert any(u.endswith("/finetune/validate") for u in urls)
     assert_only_own_origin(urls, console_server)
     assert not [e for e in browser_errors(browser) if "Content Security Policy" in e]
+
+
+def test_the_job_page_shows_what_the_repair_saw_and_the_training_rows_it_left_out(
+    console_server: Server, browser: WebDriver, tmp_path: Path
+) -> None:
+    """20% of the labels flipped: the audit doubts them, the next attempt trains without the training ones, and
+    the job page lists the attempts with the search's reasoning and the rows it left out."""
+    rows = keyword_rows(300)
+    rng = random.Random(5)
+    noisy = [(t, {"ham": "spam", "spam": "ham"}[y] if rng.random() < 0.2 else y) for t, y in rows]
+    data = write_csv(tmp_path / "noisy.csv", noisy)
+    sign_in(browser, console_server, "team-a")
+    choose_file(browser, data, "team-a/noisy")
+    visible(browser, "#detected")
+    set_options(browser, {**TINY_OPTIONS, "num_train_epochs": "4"})
+    browser.find_element(By.ID, "start").click()
+    wait_for(browser).until(ec.url_contains("/console/jobs/"))
+    finished(browser, timeout=400)
+    job = api_job(console_server, browser, "team-a")
+    dropped = job["result"]["attempts"][1]["rows_dropped"]
+    assert dropped > 0, job["result"]["attempts"]
+    attempts = browser.find_elements(By.CSS_SELECTOR, "#attempts tbody tr")
+    assert len(attempts) == len(job["result"]["attempts"]) >= 2
+    assert "excluded_training_rows" in attempts[1].text and "audit" in text_of(browser, "#attempts")
+    wait_for(browser).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#dropped-rows tbody tr"))
+    section = text_of(browser, "#dropped-rows")
+    assert f"trained without {dropped} training rows" in section and "validation and test rows were kept" in section
+    listed = browser.find_elements(By.CSS_SELECTOR, "#dropped-rows tbody tr")
+    assert len(listed) == min(dropped, 20)
+    assert browser.find_elements(By.XPATH, "//button[text()='Download dropped_rows.csv']")
+    screenshot(browser, "job-cleaned", tmp_path)
 
 
 def current_version(server: Server) -> str | None:

@@ -93,7 +93,7 @@ def test_doubted_training_labels_are_left_out_by_the_next_attempt_and_listed(ser
     job_id = _upload(server, data, "team-a/cleaned", {"learning_rate": 0.005, "num_train_epochs": 4})
     job = server.wait_job(job_id, {"succeeded", "blocked", "failed"}, bearer("team-a"))
     assert job["status"] in {"succeeded", "blocked"}, job
-    first, second = job["result"]["attempts"]
+    first, second = job["result"]["attempts"][:2]
     assert first["remedy"]["retry"] and "audit" in first["remedy"]["changes"][-1]["reason"]
     assert second["rows_dropped"] > 0
     assert any(c["argument"] == "excluded_training_rows" for c in second["changes"])
