@@ -9,8 +9,8 @@ Screenshots of the job and models pages are taken at 1280 and 390 px; set
 from __future__ import annotations
 
 import json
-import random
 import os
+import random
 import signal
 from collections.abc import Iterator
 from pathlib import Path
