@@ -748,7 +748,13 @@ def fine_tune(
         on_progress(Progress("auditing", step=state.step, total_steps=schedule.total_steps))
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         label_audit = audit_run(
-            base_model, splits.train, splits.validation, data.label_names, Path(output_dir) / LABEL_ISSUES, args.seed
+            base_model,
+            splits.train,
+            splits.validation,
+            data.label_names,
+            Path(output_dir) / LABEL_ISSUES,
+            args.seed,
+            device=str(device),  # the embeddings pass rides on the training device
         ).to_dict()
 
     # save
