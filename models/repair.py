@@ -201,8 +201,7 @@ def _history(job_dir: Path, attempts: list[Attempt], args: TrainingArguments) ->
 
 def _remedy_reason(changes: list[Change]) -> str:
     return "; ".join(
-        f"{c['argument']} {c['before']} -> {c['after']} ({c['reason']})"
-        for c in (ch if isinstance(ch, dict) else ch.__dict__ for ch in changes)
+        f"{c['argument']} {c['before']} -> {c['after']} ({c['reason']})" for c in (ch.to_dict() for ch in changes)
     )
 
 
@@ -382,7 +381,7 @@ def train_and_release(
         assert remedy.arguments is not None  # retry is true
         args = remedy.arguments
         reason = _remedy_reason(remedy.changes)
-        changes = [c.__dict__ for c in remedy.changes]
+        changes = [c.to_dict() for c in remedy.changes]
 
     passing = [a for a in attempts if a.passed]
     if not passing:

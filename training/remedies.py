@@ -116,6 +116,14 @@ class Change:
     after: Any
     reason: str
 
+    def to_dict(self) -> dict[str, Any]:
+        """As the attempts' log records it: a list of rows left out is summarised by its length."""
+        values = self.__dict__.copy()
+        for side in ("before", "after"):
+            if isinstance(values[side], list):
+                values[side] = f"{len(values[side])} rows"
+        return values
+
 
 @dataclass(frozen=True)
 class Remedy:
@@ -143,17 +151,8 @@ class Remedy:
             "seen": self.seen,
             "reason": self.reason,
             "kept": self.kept,
-            "changes": [_change_dict(c) for c in self.changes],
+            "changes": [c.to_dict() for c in self.changes],
         }
-
-
-def _change_dict(change: Change) -> dict[str, Any]:
-    """A change as the attempts' log records it; a list of dropped rows is summarised by its length."""
-    values = change.__dict__.copy()
-    for side in ("before", "after"):
-        if isinstance(values[side], list):
-            values[side] = f"{len(values[side])} rows"
-    return values
 
 
 # --- the arguments' history -----------------------------------------------------------------------
