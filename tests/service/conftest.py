@@ -98,6 +98,10 @@ def make_server(
         "FITGATE_BASE_MODEL": str(tiny_model_dir),
         "FITGATE_MODEL_REFRESH_SECONDS": "0.5",
         "FITGATE_PREPARE_BASE_MODELS": "false",  # no server here needs the multilingual model converted
+        # one repair attempt (the default allows two): what a test shows of repair, one more attempt shows too,
+        # and a tiny model that a test lets be blocked would otherwise train three times (tests/models and
+        # tests/training cover the search over several attempts)
+        "FITGATE_REMEDY_MAX_ATTEMPTS": "1",
         "BENTOML_HOME": str(tmp / "bentoml-home"),
         "BENTOML_DO_NOT_TRACK": "True",
         **extra,
