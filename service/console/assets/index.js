@@ -1,7 +1,7 @@
 // The start page: sign in, check a file before training (POST /finetune/validate), start, list jobs.
 import { api, baseModelSection, clear, el, fmt, setToken, showError, showIdentity, table, token, when } from "./console.js";
 
-const OPTIONS = ["base_model", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "max_length", "class_weighting", "label_audit", "remedy_attempts"];
+const OPTIONS = ["base_model", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "max_length", "class_weighting", "label_audit", "remedy_attempts", "clean_flagged_rows"];
 const FINAL = ["succeeded", "blocked", "failed", "cancelled"];
 let schema = {};
 let columns = { text_column: null, label_column: null };
