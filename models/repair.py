@@ -26,6 +26,7 @@ from typing import Any
 
 from fitgate.errors import GateBlocked, RunDirectoryError
 from fitgate.settings import Settings
+from fitgate.spreadsheet import write_csv_for_people
 from models.gate import Released, diagnose_and_record, release
 from models.names import ModelName
 from models.registry import Registry
@@ -167,13 +168,20 @@ def audit_evidence(run: RunDirectory) -> AuditEvidence | None:
 
 
 def write_dropped_rows(run_dir: Path, previous: Path, excluded: list[int]) -> int:
-    """List, in the attempt that left them out, the rows it trained without (from the audit that flagged them)."""
+    """List, in an attempt that trained without flagged rows, the rows it left out.
+
+    They come from the attempt before it: its list, when it left out the same rows (the clean-up
+    is kept by later attempts), else its label audit, which flagged them.
+    """
     if not excluded:
         return 0
     wanted = set(excluded)
-    rows = [r for r in flagged_training_rows(RunDirectory.open(previous)) if int(r["row"]) in wanted]
-    from fitgate.spreadsheet import write_csv_for_people
-
+    if (previous / DROPPED_ROWS).is_file():
+        with (previous / DROPPED_ROWS).open(newline="", encoding="utf-8") as f:
+            candidates = list(csv.DictReader(f))
+    else:
+        candidates = flagged_training_rows(RunDirectory.open(previous))
+    rows = [r for r in candidates if int(r["row"]) in wanted]
     write_csv_for_people(run_dir / DROPPED_ROWS, DROPPED_COLUMNS, ([r[c] for c in DROPPED_COLUMNS] for r in rows))
     return len(rows)
 

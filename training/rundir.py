@@ -190,12 +190,16 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def dropped_rows_file(path: Path) -> Path:
-    """A job's list of training rows left out (the one attempt that cleaned the data), or a run's own."""
+    """A job's list of training rows left out (its chosen attempt's, else the first attempt's that left any out),
+    or a run's own."""
     attempts = read_attempts(path)
-    for attempt in attempts["attempts"] if attempts else []:
-        if attempt.get("rows_dropped"):
-            return attempt_dir(path, int(attempt["number"])) / DROPPED_ROWS
-    return path / DROPPED_ROWS
+    if not attempts:
+        return path / DROPPED_ROWS
+    chosen = attempt_dir(path, int(attempts["chosen"])) / DROPPED_ROWS
+    cleaned = [
+        attempt_dir(path, int(a["number"])) / DROPPED_ROWS for a in attempts["attempts"] if a.get("rows_dropped")
+    ]
+    return chosen if chosen.is_file() or not cleaned else cleaned[0]
 
 
 def read_live_curves(path: Path) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ from training.progress import Progress
 from training.remedies import Change, Remedy
 from training.rundir import (
     CHECKPOINT,
+    DROPPED_ROWS,
     LABEL_ISSUES,
     RunDirectory,
     RunResult,
@@ -198,3 +199,15 @@ def test_only_flagged_training_rows_are_left_out_and_never_over_half_a_class(tmp
     write_csv_for_people(tmp_path / LABEL_ISSUES, ISSUE_COLUMNS, issues)
     rows = repair.flagged_training_rows(RunDirectory(tmp_path))
     assert [r["row"] for r in rows] == ["5", "12", "14"]
+
+
+def test_an_attempt_that_keeps_the_clean_up_lists_the_same_rows(tmp_path: Path) -> None:
+    """Attempt 3 keeps attempt 2's excluded rows: its list comes from attempt 2's, not from its own audit."""
+    previous, current = tmp_path / "attempt-2", tmp_path / "attempt-3"
+    previous.mkdir()
+    current.mkdir()
+    rows = [("5", "win cash", "ham", "spam", "0.01"), ("12", "see you", "spam", "ham", "0.03")]
+    write_csv_for_people(previous / DROPPED_ROWS, repair.DROPPED_COLUMNS, rows)
+    assert repair.write_dropped_rows(current, previous, [5, 12]) == 2
+    assert (current / DROPPED_ROWS).read_text() == (previous / DROPPED_ROWS).read_text()
+    assert repair.write_dropped_rows(current, previous, []) == 0

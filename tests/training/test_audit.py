@@ -83,3 +83,16 @@ def test_minilm_finds_planted_errors_in_real_sms(tmp_path: Path) -> None:
     found = len(flagged & planted)
     assert found >= 0.7 * len(planted), f"found {found} of {len(planted)} planted errors"
     assert found >= 0.7 * len(flagged), f"{found} of the {len(flagged)} flagged rows were planted"
+
+
+def test_the_gates_simple_classifier_learns_from_the_training_rows_only() -> None:
+    """A validation file larger than training must not lend the baseline rows the fine-tuned model never saw:
+    the training rows of both classes look alike, so only a fit that peeked at validation can score 1.0."""
+    from training.audit import simple_classifier_macro_f1
+
+    features = np.array([[1.0, 0.0]] * 20 + [[1.0, 0.0]] * 20 + [[0.0, 1.0]] * 20)
+    labels = np.array([0] * 10 + [1] * 10 + [0] * 20 + [1] * 20)  # validation: class 1 is the second feature
+    trained_on = np.array([True] * 20 + [False] * 40)
+    only_training = simple_classifier_macro_f1(features, labels, trained_on, ~trained_on, 2)
+    peeking = simple_classifier_macro_f1(features, labels, np.ones(60, dtype=bool), ~trained_on, 2)
+    assert only_training is not None and peeking == 1.0 and only_training < 0.7
