@@ -357,6 +357,13 @@ def next_attempt(history: list[Tried], user_args: TrainingArguments, min_flagged
             "on validation is exported",
             seen=seen,
         )
+    if any(t.passed for t in history[:-1]):
+        return Remedy(
+            verdicts,
+            None,
+            reason="an earlier attempt passed the gate and is exported; the clean-up it tried did not pass",
+            seen=seen,
+        )
     if audit is not None and audit.labels_unrelated and {"no_skill", "underfit", "degenerate"} & set(verdicts):
         return Remedy(
             verdicts,

@@ -197,6 +197,14 @@ def test_a_passed_run_on_doubted_labels_gets_one_attempt_without_them() -> None:
     assert not search(attempt(DEFAULTS, f1=0.8, audit=audit(0.2, rows=(4, 9))), cleaned).retry, "once only"
 
 
+def test_a_clean_up_that_is_blocked_after_a_passing_attempt_ends_the_search() -> None:
+    """The passing attempt is exported; the search does not spend more attempts repairing the optional one."""
+    passed = attempt(DEFAULTS, f1=0.8, audit=audit(0.2, rows=(4, 9)))
+    cleaned = attempt(following(search(passed)), "overfit", f1=0.7)
+    remedy = search(passed, cleaned)
+    assert not remedy.retry and "earlier attempt passed" in remedy.reason
+
+
 def test_cleaning_is_skipped_below_the_material_share_or_when_turned_off() -> None:
     assert "excluded_training_rows" not in changed(search(attempt(DEFAULTS, "overfit", audit=audit(0.02, rows=(4,)))))
     off = TrainingArguments(clean_flagged_rows=False)
