@@ -192,7 +192,13 @@ def _tried(run: RunDirectory, diagnosis: Diagnosis) -> Tried:
         verdicts=list(diagnosis.blocking_verdicts),
         validation_macro_f1=float(run.report["validation"]["macro_f1"]),
         audit=audit_evidence(run),
+        imbalance=_imbalance(run.report["train_class_counts"]),
     )
+
+
+def _imbalance(counts: list[int]) -> float:
+    seen = [c for c in counts if c > 0]
+    return max(seen) / min(seen) if seen else 1.0
 
 
 def _history(job_dir: Path, attempts: list[Attempt], args: TrainingArguments) -> list[Tried]:
@@ -201,7 +207,15 @@ def _history(job_dir: Path, attempts: list[Attempt], args: TrainingArguments) ->
     for attempt in attempts:
         try:
             run = RunDirectory.open(attempt_dir(job_dir, attempt.number))
-            history.append(Tried(run.arguments, attempt.verdicts, attempt.validation_macro_f1, audit_evidence(run)))
+            history.append(
+                Tried(
+                    run.arguments,
+                    attempt.verdicts,
+                    attempt.validation_macro_f1,
+                    audit_evidence(run),
+                    _imbalance(run.report["train_class_counts"]),
+                )
+            )
         except RunDirectoryError:  # its directory is gone: what attempts.json says, with the job's arguments
             history.append(Tried(args, attempt.verdicts, attempt.validation_macro_f1))
     return history

@@ -51,6 +51,8 @@ UNDERFIT_LEARNING_RATE_STEP = 3.0  # when the learning rate already was at least
 MAX_LEARNING_RATE = 1e-3  # higher diverges for BERT-family models with AdamW
 MIN_GAIN = 0.005  # validation macro-F1 a further dose of the same remedy must have bought
 MAX_DROPPED_SHARE_OF_CLASS = 0.5  # the clean-up never takes more than half of a class's training rows
+IMBALANCED = 1.5  # largest over smallest class: below it, a class the model never predicts is not an imbalance
+MAX_EPOCHS_FOR_SKILL = 12  # the most epochs the search asks for when a trained model still lacks skill
 
 # What the upload and the user decide, never a remedy: the data, its split, the model, the budget.
 NOT_REMEDIES = frozenset(
@@ -103,6 +105,7 @@ class Tried:
     verdicts: list[str]  # blocking verdicts; empty when the attempt passed
     validation_macro_f1: float
     audit: AuditEvidence | None = None
+    imbalance: float = 1.0  # the largest training class's examples over the smallest's
 
     @property
     def passed(self) -> bool:
@@ -375,7 +378,7 @@ def next_attempt(history: list[Tried], user_args: TrainingArguments, min_flagged
         )
 
     draft = _Draft(args, history)
-    treated = "" if _stalled(history) else _treat(draft, args, verdicts, audit, min_flagged_share)
+    treated = "" if _stalled(history) else _treat(draft, args, verdicts, audit, min_flagged_share, last.imbalance)
     if draft.changes:
         return Remedy(verdicts, draft.arguments(), draft.changes, reason=treated, seen=seen, kept=draft.kept)
     defaults = defaults_for(user_args)
@@ -408,7 +411,12 @@ def next_attempt(history: list[Tried], user_args: TrainingArguments, min_flagged
 
 
 def _treat(
-    draft: _Draft, args: TrainingArguments, verdicts: list[str], audit: AuditEvidence | None, min_flagged_share: float
+    draft: _Draft,
+    args: TrainingArguments,
+    verdicts: list[str],
+    audit: AuditEvidence | None,
+    min_flagged_share: float,
+    imbalance: float,
 ) -> str:
     """Apply the remedies for what caused the findings; return the reasoning in a sentence."""
     found = set(verdicts)
@@ -429,12 +437,21 @@ def _treat(
     if noisy and audit is not None and found & LACKS_SKILL:
         _clean(draft, audit)
         return "lacks skill with labels the audit doubts: train without the doubted rows first"
-    if "degenerate" in found:
+    if "degenerate" in found and imbalance >= IMBALANCED:
         _against_imbalance(draft)
-        return "degenerate with a trained model: the next imbalance remedy, one at a time"
-    if found & LACKS_SKILL:
+        return "degenerate with a trained model on imbalanced classes: the next imbalance remedy, one at a time"
+    if found & (LACKS_SKILL | {"degenerate"}):
         _against_underfitting(draft, args)
-        return "lacks skill: larger steps and longer training, keeping earlier fixes"
+        draft.set(
+            "num_train_epochs",
+            min(MAX_EPOCHS_FOR_SKILL, max(2 * args.num_train_epochs, DEFAULTS.num_train_epochs)),
+            "it trained but has not learned enough yet: twice the epochs (early stopping still ends it sooner)",
+        )
+        return (
+            "degenerate on balanced classes: not an imbalance but too little training, so larger steps and longer"
+            if "degenerate" in found
+            else "lacks skill: larger steps and longer training, keeping earlier fixes"
+        )
     return ""
 
 
