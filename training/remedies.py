@@ -429,6 +429,10 @@ def _treat(
         return "overfit: regularize and stop early"
     if "underfit" in found:
         _against_underfitting(draft, args)
+        if imbalance >= IMBALANCED and args.class_weighting == "none":
+            # training macro-F1 below the floor on imbalanced classes with an unweighted loss is the majority
+            # class winning: the default weighting is part of training properly (banking77's 1:20 scenario)
+            draft.set("class_weighting", DEFAULTS.class_weighting, "imbalanced classes: the default class weights")
         return (
             "degenerate because it hardly trained: train it properly first, imbalance remedies wait"
             if "degenerate" in found

@@ -94,8 +94,17 @@ def test_degenerate_because_it_hardly_trained_is_trained_properly_first_and_imba
     remedy = search(attempt(args, "underfit", "no_skill", "degenerate"))
     after = changed(remedy)
     assert after["learning_rate"] == DEFAULTS.learning_rate
-    assert not {"class_weighting", "sampler", "tune_decision_rule"} & set(after)
+    assert not {"sampler", "tune_decision_rule"} & set(after)
+    assert after.get("class_weighting", "none") in {"none", DEFAULTS.class_weighting}, "the default, not a dose"
     assert "hardly trained" in remedy.reason
+
+
+def test_underfit_on_imbalanced_classes_with_an_unweighted_loss_gets_the_default_class_weights() -> None:
+    args = TrainingArguments(class_weighting="none", learning_rate=1e-6, max_steps=30)
+    after = changed(search(attempt(args, "underfit", "no_skill", imbalance=20.0)))
+    assert after["class_weighting"] == DEFAULTS.class_weighting and after["learning_rate"] == DEFAULTS.learning_rate
+    balanced = changed(search(attempt(args, "underfit", "no_skill", imbalance=1.1)))
+    assert "class_weighting" not in balanced
 
 
 def test_degenerate_with_a_trained_model_gets_one_imbalance_remedy_per_attempt() -> None:
