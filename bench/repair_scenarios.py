@@ -245,9 +245,10 @@ def write_results(out: Path, scenarios: list[dict[str, Any]], permutations: list
     alarms = sum(bool(set(r["default_verdicts"]) & {"below_baseline"}) for r in scenarios)
     lines += [
         "",
-        f"Rescued: **{repaired} of {len(scenarios)}** (blocked-by-settings: exported within {WITHIN:.0%} points of "
-        f"the default run; noisy labels: {NOISY_GAIN:.0%} points above it). Exports above TF-IDF + LR on their split: "
-        f"**{above} of {len(exported)}**. Default runs the baseline check blocked: {alarms} of {len(scenarios)}.",
+        f"Rescued: **{repaired} of {len(scenarios)}** (blocked-by-settings: exported within {WITHIN * 100:.0f} points "
+        f"of the default run; noisy labels: {NOISY_GAIN * 100:.0f} points above it). Exports above TF-IDF + LR on "
+        f"their split: **{above} of {len(exported)}**. Default runs the baseline check blocked: {alarms} of "
+        f"{len(scenarios)}.",
     ]
     if permutations:
         lines += [

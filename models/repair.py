@@ -383,7 +383,7 @@ def train_and_release(
                 changes=changes,
                 passed=diagnosis.passed,
                 verdicts=list(diagnosis.blocking_verdicts),
-                validation_macro_f1=result.validation.macro_f1,
+                validation_macro_f1=history[-1].validation_macro_f1,
                 seconds=time.perf_counter() - started,
                 remedy=remedy.to_dict() if remedy.retry or not diagnosis.passed else None,
                 rows_dropped=dropped,
@@ -422,6 +422,8 @@ def train_and_release(
         if export and registry is not None
         else None
     )
-    chosen_result = results[chosen.number] if chosen.number in results else load_result(directory)
+    chosen_result = results.get(chosen.number) or load_result(
+        directory
+    )  # read back for a resumed job's earlier attempt
     progress(Progress("done", metrics={"val_macro_f1": chosen.validation_macro_f1}))
     return Repaired(replace(chosen_result, test=test or chosen_result.test), released, attempts, chosen.number)

@@ -53,6 +53,7 @@ OPERATIONS = [  # every route of the FastAPI app; test_every_operation_in_the_sc
     "GET /jobs/{job_id}/learning_curves.png",
     "GET /jobs/{job_id}/confusion_matrix.png",
     "GET /jobs/{job_id}/label_issues.csv",
+    "GET /jobs/{job_id}/dropped_rows.csv",
     "GET /models",
     "GET /models/{team}/{name}/drift",
     "POST /models/{team}/{name}/promote",
