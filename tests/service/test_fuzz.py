@@ -107,7 +107,9 @@ def target(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, healt
     run_dir.mkdir(parents=True)
     for name in (*rundir.REPORT_FILES, rundir.LABEL_ISSUES):
         shutil.copy(healthy_run / name, run_dir / name)
-    (run_dir / rundir.DROPPED_ROWS).write_text("row,text,given_label,suggested_label,quality_score\n5,text 3,b,a,0.01\n")
+    (run_dir / rundir.DROPPED_ROWS).write_text(
+        "row,text,given_label,suggested_label,quality_score\n5,text 3,b,a,0.01\n"
+    )
     yield Target(srv, [first, second], jobs[0], jobs[1])
     srv.kill(signal.SIGTERM)
 
