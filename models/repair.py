@@ -36,7 +36,14 @@ from training.checkpoint import checkpoint_arguments
 from training.diagnosis import Diagnosis
 from training.loop import fine_tune, score_test_split
 from training.progress import CancelCheck, Progress, ProgressCallback, ignore_progress, never_cancelled
-from training.remedies import MAX_DROPPED_SHARE_OF_CLASS, AuditEvidence, Change, Tried, next_attempt
+from training.remedies import (
+    MAX_DROPPED_SHARE_OF_CLASS,
+    AuditEvidence,
+    Change,
+    Tried,
+    more_examples_advice,
+    next_attempt,
+)
 from training.rundir import (
     DROPPED_ROWS,
     LABEL_ISSUES,
@@ -229,8 +236,6 @@ def _remedy_reason(changes: list[Change]) -> str:
 
 def _more_examples(run: RunDirectory) -> str:
     """What more data would do for the thin classes, when the search stops without a pass."""
-    from training.remedies import more_examples_advice
-
     report = run.report
     per_class = {row["label"]: row for row in report["validation"]["per_class"]}
     names = report["label_names"]

@@ -166,14 +166,19 @@ async function renderLabelIssues(result) {
   if (!audit) return false;
   node.append(el("h3", { text: "Label issues" }), el("p", {}, `${audit.flagged} of ${audit.rows_audited} rows look mislabelled (estimated label noise ${(100 * audit.estimated_noise_share).toFixed(1)}%).`));
   if (!audit.flagged) return true;
+  await appendCsvTable(node, "label_issues.csv", [0, 5]);
+  return true;
+}
+
+// The first 20 rows of one of the job's CSV files (most doubtful first), or the API's error.
+async function appendCsvTable(node, file, numeric) {
   try {
-    const response = await api(`/jobs/${encodeURIComponent(jobId)}/label_issues.csv`, { raw: true });
+    const response = await api(`/jobs/${encodeURIComponent(jobId)}/${file}`, { raw: true });
     const [header, ...rows] = parseCsv(await response.text()).filter((r) => r.length > 1);
-    node.append(table(header.map((h) => h.replaceAll("_", " ")), rows.slice(0, 20), { caption: rows.length > 20 ? `The 20 most doubtful of ${rows.length}` : null, numeric: [0, 5] }));
+    node.append(table(header.map((h) => h.replaceAll("_", " ")), rows.slice(0, 20), { caption: rows.length > 20 ? `The 20 most doubtful of ${rows.length}` : null, numeric }));
   } catch (err) {
     node.append(el("p", { class: "error", text: err.message }));
   }
-  return true;
 }
 
 async function renderDroppedRows(result) {
@@ -181,13 +186,7 @@ async function renderDroppedRows(result) {
   const cleaned = result && result.attempts && result.attempts.find((a) => a.rows_dropped > 0);
   if (!cleaned) return false;
   node.append(el("h3", { text: "Training rows left out" }), el("p", {}, `Attempt ${cleaned.number} trained without ${cleaned.rows_dropped} training rows whose labels the audit doubted (validation and test rows were kept as uploaded).`));
-  try {
-    const response = await api(`/jobs/${encodeURIComponent(jobId)}/dropped_rows.csv`, { raw: true });
-    const [header, ...rows] = parseCsv(await response.text()).filter((r) => r.length > 1);
-    node.append(table(header.map((h) => h.replaceAll("_", " ")), rows.slice(0, 20), { caption: rows.length > 20 ? `The 20 most doubtful of ${rows.length}` : null, numeric: [0, 4] }));
-  } catch (err) {
-    node.append(el("p", { class: "error", text: err.message }));
-  }
+  await appendCsvTable(node, "dropped_rows.csv", [0, 4]);
   return true;
 }
 
