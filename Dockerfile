@@ -43,6 +43,7 @@ COPY fitgate/ fitgate/
 COPY training/ training/
 COPY models/ models/
 COPY service/ service/
+COPY cli/ cli/
 RUN scripts/install
 
 # --- runtime: the installed tree, a non-root user, state on a volume --------------------------------

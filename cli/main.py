@@ -1,4 +1,7 @@
-"""The ``fitgate`` command line.
+"""The ``fitgate`` command line (``fitgate ...`` or ``python -m cli ...``).
+
+It sits above the packages it drives (training, models) rather than in the ground package ``fitgate``, so that
+imports point down: ``fitgate`` imports nothing from the layers above it (tests/test_layers.py checks).
 
 Options are generated from :class:`training.arguments.TrainingArguments`, so the CLI and the
 HTTP endpoint share one definition, one default and one validation per value.
@@ -285,7 +288,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fitgate: error: {exc.message}", file=sys.stderr)
         return EXIT_ERROR
     return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fitgate.cli import main
+from cli.main import main
 from tests.conftest import EXAMPLE_CSV, chinese_keyword_rows, shared_dataset, write_csv
 from training.arguments import TrainingArguments
 
@@ -38,7 +38,7 @@ def test_bad_data_prints_one_clear_line_and_no_traceback(tmp_path: Path) -> None
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\nonly,one\nclass,one\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "fitgate.cli", "finetune", str(bad), "-o", str(tmp_path / "r")],
+        [sys.executable, "-m", "cli", "finetune", str(bad), "-o", str(tmp_path / "r")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -55,7 +55,7 @@ def test_text_the_named_base_model_cannot_read_is_refused_in_one_line_naming_the
 ) -> None:
     reviews = write_csv(tmp_path / "reviews.csv", chinese_keyword_rows(60))
     proc = subprocess.run(
-        [sys.executable, "-m", "fitgate.cli", "finetune", str(reviews), "-o", str(tmp_path / "r"),
+        [sys.executable, "-m", "cli", "finetune", str(reviews), "-o", str(tmp_path / "r"),
          "--base-model", "minilm"],
         capture_output=True, text=True, timeout=120, env={**os.environ, "FITGATE_PREPARE_BASE_MODELS": "false"},
     )  # fmt: skip
@@ -72,7 +72,7 @@ def test_out_of_bounds_option_is_refused_with_its_name(capsys: pytest.CaptureFix
 
 def test_literal_none_and_optional_none_both_reach_the_run(tmp_path: Path) -> None:
     """ "none" is a value of --class-weighting (kept as the word) and null for --early-stopping-patience."""
-    from fitgate.cli import build_parser
+    from cli.main import build_parser
     from training.arguments import parse_arguments
 
     ns = build_parser().parse_args(
@@ -179,3 +179,11 @@ def test_no_export_runs_the_same_repair_attempts_and_exports_nothing(
     assert (tmp_path / "run" / "attempt-2" / "arguments.json").is_file(), "the repair attempt ran"
     assert code in (0, 3) and ("--no-export: nothing was exported or registered" in out or code == 3)
     assert not list(tmp_path.rglob("*.onnx")) and "registered" not in out.replace("or registered", "")
+
+
+def test_the_fitgate_command_runs_this_main() -> None:
+    """The installed ``fitgate`` console script points at the CLI's main, wherever the package moves."""
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="fitgate")
+    assert script.load() is main
