@@ -4,7 +4,7 @@ fitgate's main training target is a GPU, and GPUs are lent to sessions only now 
 script measures everything a GPU changes, in one go, in under 8 minutes on one H200, and writes
 one JSON and one markdown table (``bench/results/gpu_check.{json,md}``):
 
-1. **Training throughput** of fitgate's own optimisation step (``training.loop``: AdamW, the
+1. **Training throughput** of fitgate's own optimisation step (``training.optimization``: AdamW, the
    loss, autocast) on fixed-length batches at sequence 128: samples/s, peak memory, and the model
    FLOPs utilisation computed from the parameter count (6 x non-embedding parameters x tokens per
    second, over the GPU's dense bf16 peak). For the bundled MiniLM and for a randomly initialised
@@ -54,8 +54,11 @@ from models.runtime import encode, load_tokenizer, run_logits, session_options
 from training import modeling
 from training.arguments import TrainingArguments
 from training.data import LabelledData, read_labelled_file, write_labelled_csv
-from training.loop import Objective, autocast_dtype, build_optimization, fine_tune, mixed_precision, pick_device
+from training.loop import fine_tune
+from training.optimization import build_optimization
+from training.precision import autocast_dtype, mixed_precision, pick_device
 from training.rundir import RunDirectory
+from training.tasks.single_label import Objective
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 SEQUENCE = 128

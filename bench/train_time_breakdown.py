@@ -32,7 +32,11 @@ TIMED = ("evaluate", "save_checkpoint", "audit_run", "save_run")
 
 
 def timed(spent: dict[str, float], name: str) -> None:
-    """Wrap ``training.loop.<name>`` so its calls add their seconds to ``spent[name]``."""
+    """Wrap ``training.loop.<name>`` so its calls add their seconds to ``spent[name]``.
+
+    ``fine_tune`` calls each of ``TIMED`` by the name it imported into :mod:`training.loop`, so the
+    wrapper goes there, not into the module that defines the function.
+    """
     inner: Callable[..., Any] = getattr(loop, name)
 
     @functools.wraps(inner)
