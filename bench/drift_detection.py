@@ -67,7 +67,7 @@ class Outputs:
 def classify(classifier: OnnxClassifier, data: LabelledData) -> Outputs:
     c = classifier.predict(data.texts)
     return Outputs(
-        c.chosen, c.probabilities, c.confidence, np.array(c.input_tokens), np.array(c.unknown_rate), data.labels
+        c.decided, c.probabilities, c.confidence, np.array(c.input_tokens), np.array(c.unknown_rate), data.labels
     )
 
 

@@ -49,7 +49,7 @@ data, _ = read_labelled_file(test)
 started = time.perf_counter()
 chosen = []
 for i in range(0, len(data.texts), 64):
-    chosen.extend(model.predict(data.texts[i:i + 64]).chosen.tolist())
+    chosen.extend(model.predict(data.texts[i:i + 64]).decided.tolist())
 seconds = time.perf_counter() - started
 labels = model.spec.labels
 truth = [labels.index(x) for x in data.labels]

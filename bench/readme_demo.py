@@ -20,7 +20,7 @@ from fitgate.settings import Settings
 from models.names import ModelName
 from models.registry import open_registry
 from models.repair import attempts_for, train_and_release
-from models.runtime import OnnxClassifier
+from models.runtime import OnnxClassifier, Prediction
 from training.arguments import TrainingArguments
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def main() -> None:
         "|---|---|---|---:|",
         *(
             f"| {text} | {'like the data' if text in DEMO_TEXTS else 'unlike the data (a warning)'} "
-            f"| {a.label} | {a.confidence:.3f} |"
+            f"| {a.label if isinstance(a, Prediction) else ', '.join(a.labels)} | {a.confidence:.3f} |"
             for text, a in zip(DEMO_TEXTS + UNLIKE_THE_DATA, answers, strict=True)
         ),
         "",

@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fitgate.errors import BundleCorrupt
+from training.decision import DecisionRule
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -27,7 +28,7 @@ SPEC = "bundle.json"
 class ReferenceStatistics(BaseModel):
     """Validation-set statistics the drift monitors compare live traffic with (service/drift.py)."""
 
-    class_distribution: list[float]  # share of validation predictions per class
+    class_distribution: list[float]  # share of validation predictions per class (multi-label: positive rate per label)
     confidence_quantiles: list[float]  # at quantile_levels
     input_length_quantiles: list[float]  # tokens, special tokens included
     unknown_token_rate_quantiles: list[float]
@@ -49,8 +50,11 @@ class BundleSpec(BaseModel):
     labels: list[str]
     max_length: int
     pad_id: int = 0  # the tokenizer's padding id (absent in older bundles, all of them BERT vocabularies: 0)
+    task: Literal["single_label", "multi_label"] = "single_label"  # absent in older bundles: all single-label
     temperature: float
     class_bias: list[float]
+    label_temperatures: list[float] = []  # multi-label: the calibration per label
+    thresholds: list[float] = []  # multi-label: a label is answered when its probability reaches its threshold
     onnx_fp32: str
     onnx_int8: str | None
     reference: ReferenceStatistics  # outputs of the fp32 graph
@@ -61,6 +65,18 @@ class BundleSpec(BaseModel):
     metrics: dict[str, Any]
     diagnosis: dict[str, Any]
     provenance: dict[str, Any]
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task == "multi_label"
+
+    def decision_rule(self) -> DecisionRule:
+        """The calibration and decision rule the model was exported with."""
+        if self.multi_label:
+            return DecisionRule(
+                multi_label=True, label_temperatures=self.label_temperatures, thresholds=self.thresholds
+            )
+        return DecisionRule(temperature=self.temperature, class_bias=self.class_bias)
 
 
 def sha256_file(path: Path) -> str:

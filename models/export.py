@@ -1,6 +1,7 @@
 """ONNX export, validated on the real validation set, and the bundle written from a run.
 
-Parity is checked on the data the model will meet, not dummy inputs: argmax agreement and
+Parity is checked on the data the model will meet, not dummy inputs: decision agreement (every
+label alike, for a multi-label model) and
 the largest probability difference against PyTorch on every validation text, plus a sweep
 of extreme shapes. A failed check raises ExportError, which blocks like a failed gate.
 
@@ -35,9 +36,8 @@ from fitgate.errors import ExportError, is_disk_full
 from fitgate.settings import Settings
 from models.bundle import SPEC, BundleSpec, ReferenceStatistics, sha256_file, write_manifest
 from models.runtime import encode, load_tokenizer, run_logits, session_options, unknown_id
-from training.decision import decide, softmax
 from training.diagnosis import Diagnosis
-from training.evaluation import macro_f1
+from training.evaluation import decided_macro_f1, label_micro_f1
 from training.padding import pad_batch
 from training.rundir import REPORT_FILES, RunDirectory
 
@@ -136,17 +136,17 @@ def _shape_sweep_inputs(vocab_size: int, max_length: int, seed: int, start: int,
 def check_parity(
     model: PreTrainedModel, session: ort.InferenceSession, ids: list[list[int]], run: RunDirectory, s: Settings
 ) -> dict[str, Any]:
-    t, bias = run.temperature, run.class_bias
+    rule = run.decision_rule
     pad_id = int(model.config.pad_token_id or 0)
     ref, got = torch_logits(model, ids), run_logits(session, ids, pad_id)
-    agreement = float((decide(ref, t, bias) == decide(got, t, bias)).mean())
-    max_diff = float(np.abs(softmax(ref, t) - softmax(got, t)).max())
+    agreement = rule.agreement(ref, got)  # multi-label: every label's decision alike on the row
+    max_diff = float(np.abs(rule.probabilities(ref) - rule.probabilities(got)).max())
     sweep = []
     max_length = run.arguments.max_length
     start, end = ids[0][0], ids[0][-1]  # the tokenizer's own: every encoded validation text opens and ends so
     for batch in _shape_sweep_inputs(int(model.config.vocab_size), max_length, run.arguments.seed, start, end):
         expected, actual = torch_logits(model, batch, 256), run_logits(session, batch, pad_id, 256)
-        diff = float(np.abs(softmax(expected, t) - softmax(actual, t)).max())
+        diff = float(np.abs(rule.probabilities(expected) - rule.probabilities(actual)).max())
         widths = {len(x) for x in batch}
         sweep.append({"batch": len(batch), "sequence": max(widths), "padded": len(widths) > 1, "max_abs_diff": diff})
     result = {
@@ -202,14 +202,21 @@ def try_int8(
         root.setLevel(level)
     session = ort.InferenceSession(str(int8_path), session_options(), providers=["CPUExecutionProvider"])
     int8_logits = run_logits(session, ids, pad_id)
-    t, bias, k = run.temperature, run.class_bias, len(run.label_names)
+    rule, k = run.decision_rule, len(run.label_names)
     labels = run.validation_labels
-    f1_fp32 = macro_f1(labels, decide(fp32_logits, t, bias), k)
-    f1_int8 = macro_f1(labels, decide(int8_logits, t, bias), k)
-    agreement = float((decide(fp32_logits, t, bias) == decide(int8_logits, t, bias)).mean())
+    f1_fp32 = decided_macro_f1(labels, rule.decide(fp32_logits), k)
+    f1_int8 = decided_macro_f1(labels, rule.decide(int8_logits), k)
+    agreement = rule.agreement(fp32_logits, int8_logits)
+    micro: dict[str, float] = {}
+    if rule.multi_label:  # the guard holds micro-F1 too: frequent labels dominate it, rare ones macro-F1
+        micro = {
+            "val_micro_f1_fp32": label_micro_f1(labels, rule.decide(fp32_logits)),
+            "val_micro_f1_int8": label_micro_f1(labels, rule.decide(int8_logits)),
+        }
     result: dict[str, Any] = {
         "val_macro_f1_fp32": f1_fp32,
         "val_macro_f1_int8": f1_int8,
+        **micro,
         "agreement_with_fp32": agreement,
         "max_f1_drop": s.quantize_max_f1_drop,
         "min_agreement": s.quantize_min_agreement,
@@ -219,6 +226,9 @@ def try_int8(
     problems = []
     if f1_fp32 - f1_int8 > s.quantize_max_f1_drop:
         problems.append(f"macro-F1 fell {f1_fp32 - f1_int8:.4f} (allowed {s.quantize_max_f1_drop})")
+    if micro and micro["val_micro_f1_fp32"] - micro["val_micro_f1_int8"] > s.quantize_max_f1_drop:
+        drop = micro["val_micro_f1_fp32"] - micro["val_micro_f1_int8"]
+        problems.append(f"micro-F1 fell {drop:.4f} (allowed {s.quantize_max_f1_drop})")
     if agreement < s.quantize_min_agreement:
         problems.append(f"agreement with fp32 is {agreement:.2%} (need {s.quantize_min_agreement:.0%})")
     if problems:
@@ -230,14 +240,14 @@ def try_int8(
 def reference_statistics(
     logits: np.ndarray, lengths: list[int], unknown_rate: list[float], truncated: list[bool], run: RunDirectory
 ) -> ReferenceStatistics:
-    probs = softmax(logits, run.temperature)
-    chosen = decide(logits, run.temperature, run.class_bias)
-    confidence = probs[np.arange(len(chosen)), chosen]
+    rule = run.decision_rule
+    probs = rule.probabilities(logits)
+    confidence = rule.confidence(logits)
     rng = np.random.default_rng(run.arguments.seed)
-    sample = rng.permutation(len(chosen))[:REFERENCE_SAMPLE]
+    sample = rng.permutation(len(confidence))[:REFERENCE_SAMPLE]
     probability_rows = sample[: max(2, REFERENCE_PROBABILITY_CELLS // probs.shape[1])]
     return ReferenceStatistics(
-        class_distribution=(np.bincount(chosen, minlength=len(run.label_names)) / len(chosen)).tolist(),
+        class_distribution=rule.answered_rate(logits).tolist(),
         confidence_quantiles=np.quantile(confidence, QUANTILE_LEVELS).tolist(),
         input_length_quantiles=np.quantile(lengths, QUANTILE_LEVELS).tolist(),
         unknown_token_rate_quantiles=np.quantile(unknown_rate, QUANTILE_LEVELS).tolist(),
@@ -248,7 +258,7 @@ def reference_statistics(
         input_length_sample=[int(lengths[i]) for i in sample],
         unknown_token_rate_sample=[round(float(unknown_rate[i]), 6) for i in sample],
         probability_sample=np.round(probs[probability_rows], 6).tolist(),
-        examples=len(chosen),
+        examples=len(confidence),
     )
 
 
@@ -314,8 +324,11 @@ def build_bundle(run: RunDirectory, diagnosis: Diagnosis, dest: Path, settings: 
     spec = BundleSpec(
         labels=run.label_names,
         max_length=max_length,
+        task="multi_label" if run.multi_label else "single_label",
         temperature=run.temperature,
         class_bias=run.class_bias.tolist(),
+        label_temperatures=run.decision_rule.label_temperatures,
+        thresholds=run.decision_rule.thresholds,
         onnx_fp32=fp32_path.name,
         onnx_int8="model.int8.onnx" if quantization["kept"] else None,
         pad_id=pad_id,
@@ -331,6 +344,7 @@ def build_bundle(run: RunDirectory, diagnosis: Diagnosis, dest: Path, settings: 
         metrics={
             "validation_macro_f1": run.report["validation"]["macro_f1"],
             "macro_f1": final["macro_f1"],
+            "micro_f1": final.get("micro_f1"),
             "accuracy": final["accuracy"],
             "ece": final["ece_after_calibration"],
             "evaluated_on": "test" if run.report.get("test") else "validation",

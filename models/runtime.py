@@ -1,9 +1,10 @@
 """The serving runtime: a verified bundle on ONNX Runtime, ``load()``, ``predict()``, ``ready``.
 
-Probabilities are ``softmax(logits / temperature)`` (calibrated); the label is
-``argmax(logits / temperature + class_bias)`` (the decision rule tuned on validation), both
-from ``training/decision.py``. This module is the whole predict path below HTTP: it imports
-ONNX Runtime, the ``tokenizers`` library and numpy, never torch or transformers.
+Probabilities and answers come from the bundle's ``DecisionRule`` (``training/decision.py``):
+single-label, ``softmax(logits / temperature)`` and ``argmax(logits / temperature + class_bias)``;
+multi-label, a sigmoid per label and every label at or above its threshold. This module is the
+whole predict path below HTTP: it imports ONNX Runtime, the ``tokenizers`` library and numpy,
+never torch or transformers.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from tokenizers import Tokenizer
 from fitgate.devices import usable_cpus
 from fitgate.errors import BundleCorrupt, InferenceError, InvalidRequest
 from models.bundle import BundleSpec, load_spec, verify_manifest
-from training.decision import decide, softmax
 from training.padding import pad_batch
 
 DEFAULT_BATCH = 64
@@ -35,10 +35,26 @@ class Encoded:
 
 @dataclass(frozen=True)
 class Prediction:
+    """A single-label model's answer to one text."""
+
     label: str
     confidence: float
     probabilities: dict[str, float]
     truncated: bool
+
+
+@dataclass(frozen=True)
+class LabelsPrediction:
+    """A multi-label model's answer to one text: every label at or above its threshold (maybe none), and
+    every label's calibrated probability; ``confidence`` is the least sure of its label decisions."""
+
+    labels: list[str]
+    confidence: float
+    probabilities: dict[str, float]
+    truncated: bool
+
+
+Answer = Prediction | LabelsPrediction  # what a model answers one text with, by its task
 
 
 @dataclass(frozen=True)
@@ -47,26 +63,27 @@ class Predictions:
 
     labels: list[str]  # the model's class names, in logit order
     probabilities: np.ndarray  # (n, K), calibrated
-    chosen: np.ndarray  # (n,) class index under the decision rule
+    decided: np.ndarray  # (n,) class index, or for a multi-label model (n, K) booleans, under the decision rule
+    confidence: np.ndarray  # (n,) how sure each answer is (DecisionRule.confidence)
     input_tokens: list[int]
     unknown_rate: list[float]
     truncated: list[bool]
 
     @property
-    def confidence(self) -> np.ndarray:
-        return np.asarray(self.probabilities[np.arange(len(self.chosen)), self.chosen])
+    def multi_label(self) -> bool:
+        return self.decided.ndim == 2
 
-    def answers(self) -> list[Prediction]:
-        """One ``Prediction`` per text, in input order."""
-        return [
-            Prediction(
-                label=self.labels[c],
-                confidence=float(p[c]),
-                probabilities={name: float(v) for name, v in zip(self.labels, p, strict=True)},
-                truncated=t,
-            )
-            for c, p, t in zip(self.chosen, self.probabilities, self.truncated, strict=True)
-        ]
+    def answers(self) -> list[Answer]:
+        """One answer per text, in input order."""
+        answers: list[Answer] = []
+        for i, (p, t) in enumerate(zip(self.probabilities, self.truncated, strict=True)):
+            probabilities = {name: float(v) for name, v in zip(self.labels, p, strict=True)}
+            if self.multi_label:
+                chosen = [self.labels[j] for j in np.flatnonzero(self.decided[i])]
+                answers.append(LabelsPrediction(chosen, float(self.confidence[i]), probabilities, t))
+            else:
+                answers.append(Prediction(self.labels[self.decided[i]], float(self.confidence[i]), probabilities, t))
+        return answers
 
 
 def session_options(threads: int = 0, spinning: bool = True) -> ort.SessionOptions:
@@ -226,10 +243,12 @@ class OnnxClassifier:
             logits = run_logits(self._session, encoded.ids, spec.pad_id)
         except Exception as exc:
             raise InferenceError(f"ONNX Runtime failed on {self.bundle_dir / self.served_graph}: {exc}") from exc
+        rule = spec.decision_rule()
         return Predictions(
             labels=spec.labels,
-            probabilities=softmax(logits, spec.temperature),
-            chosen=decide(logits, spec.temperature, spec.class_bias),
+            probabilities=rule.probabilities(logits),
+            decided=rule.decide(logits),
+            confidence=rule.confidence(logits),
             input_tokens=[len(i) for i in encoded.ids],
             unknown_rate=encoded.unknown_rate,
             truncated=encoded.truncated,

@@ -24,6 +24,7 @@ from fitgate.errors import InvalidRequest, JobNotFound, ModelNotFound, RunDirect
 from fitgate.settings import Settings
 from fitgate.texts import unreadable_reason
 from models.names import ModelName
+from models.runtime import Answer, LabelsPrediction
 from service.auth import Caller, Role
 from service.console import SECURITY_HEADERS, add_console
 from service.core import Fitgate
@@ -56,8 +57,20 @@ class PredictRequest(BaseModel):
 
 
 class PredictionOut(BaseModel):
+    """A single-label model's answer: the class, its calibrated probability, and every class's."""
+
     label: str
     confidence: float
+    probabilities: dict[str, float]
+    truncated: bool
+
+
+class LabelsPredictionOut(BaseModel):
+    """A multi-label model's answer: every label whose calibrated probability reached its threshold (tuned per
+    label on validation; maybe none), and every label's probability."""
+
+    labels: list[str]
+    confidence: float = Field(description="The least sure of the text's label decisions (p answered, 1 - p not).")
     probabilities: dict[str, float]
     truncated: bool
 
@@ -65,7 +78,14 @@ class PredictionOut(BaseModel):
 class PredictResponse(BaseModel):
     model: str
     version: str
-    predictions: list[PredictionOut]
+    predictions: list[PredictionOut | LabelsPredictionOut]
+
+
+def _answers_out(answers: list[Answer]) -> list[PredictionOut | LabelsPredictionOut]:
+    return [
+        LabelsPredictionOut(**a.__dict__) if isinstance(a, LabelsPrediction) else PredictionOut(**a.__dict__)
+        for a in answers
+    ]
 
 
 class PromoteRequest(BaseModel):
@@ -242,16 +262,14 @@ def create_app(settings: Settings) -> FastAPI:
         # may still serve the previous current version for up to model_refresh_seconds after a promotion)
         if body.version is not None and (served is None or body.version != served.version):
             answers = await fitgate.pool.predict_version(name, body.version, body.texts)
-            return PredictResponse(
-                model=str(name), version=body.version, predictions=[PredictionOut(**a.__dict__) for a in answers]
-            )
+            return PredictResponse(model=str(name), version=body.version, predictions=_answers_out(answers))
         started = time.perf_counter()
         model, answers = await fitgate.pool.predict(name, body.texts)
         PREDICT_LATENCY.labels(str(name)).observe(time.perf_counter() - started)
         return PredictResponse(
             model=str(name),
             version=model.version,
-            predictions=[PredictionOut(**a.__dict__) for a in answers],
+            predictions=_answers_out(answers),
         )
 
     @app.get("/whoami", responses=error_responses(401))

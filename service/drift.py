@@ -227,6 +227,13 @@ class ProbabilityDrift(Detector):
 # --- calibration --------------------------------------------------------------------------------
 
 
+class LabelMixDrift(ProbabilityDrift):
+    """A multi-label model's ``class_mix``: the EWMA of each answer's 0/1 label vector against the reference
+    answers' per-label positive rates (labels do not exclude each other, so no one-hot distribution)."""
+
+    name = "class_mix"
+
+
 @dataclass(frozen=True)
 class Reference:
     """What the detectors compare with, as arrays (built from a bundle's ReferenceStatistics)."""
@@ -235,6 +242,7 @@ class Reference:
     examples: int  # validation examples behind class_shares
     probabilities: np.ndarray  # (n, K) sample
     scalars: dict[str, np.ndarray]  # confidence, input_length, unknown_token_rate samples
+    decisions: np.ndarray | None = None  # multi-label: (n, K) 0/1 answers of the probability sample
 
 
 def _threshold(maxima: np.ndarray, simulated: int, design_run_length: int) -> float:
@@ -288,6 +296,12 @@ def calibrate(reference: Reference, smoothing: float, design_run_length: int, se
         maxima = _rank_maxima(coarsen(name, reference.scalars[name]), smoothing, rng, streams)
         thresholds[name] = _threshold(maxima, SIMULATED_REQUESTS, design_run_length)
 
+    if reference.decisions is not None:
+        thresholds["class_mix"] = _sample_threshold(reference.decisions, smoothing, design_run_length, rng, streams)
+        thresholds["probabilities"] = _sample_threshold(
+            reference.probabilities, smoothing, design_run_length, rng, streams
+        )
+        return thresholds
     shares = smoothed_shares(reference.class_shares)
     worlds = rng.multinomial(reference.examples, shares, size=streams) / reference.examples
     cumulative = np.cumsum(worlds, axis=1)
@@ -306,24 +320,30 @@ def calibrate(reference: Reference, smoothing: float, design_run_length: int, se
     maxima = _vector_maxima(class_draw, shares, 1.0 / shares, smoothing, streams) * classes / (classes - 1)
     thresholds["class_mix"] = _threshold(maxima, SIMULATED_REQUESTS, design_run_length)
 
-    sample = reference.probabilities
+    thresholds["probabilities"] = _sample_threshold(reference.probabilities, smoothing, design_run_length, rng, streams)
+    return thresholds
+
+
+def _sample_threshold(
+    sample: np.ndarray, smoothing: float, design_run_length: int, rng: np.random.Generator, streams: int
+) -> float:
+    """The threshold of a vector EWMA (ProbabilityDrift) over streams bootstrapped from a reference sample."""
     chosen = _bootstrap_streams(np.arange(len(sample)), rng, streams)  # row indices
     mean = sample.mean(axis=0)
     weights = 1.0 / np.maximum(sample.var(axis=0), VARIANCE_FLOOR)
 
-    def probability_draw(step: np.ndarray) -> np.ndarray:
+    def draw(step: np.ndarray) -> np.ndarray:
         return np.asarray(sample[chosen[:, step]])
 
-    maxima = _vector_maxima(probability_draw, mean, weights, smoothing, streams)
-    thresholds["probabilities"] = _threshold(maxima, SIMULATED_REQUESTS, design_run_length)
-    return thresholds
+    maxima = _vector_maxima(draw, mean, weights, smoothing, streams)
+    return _threshold(maxima, SIMULATED_REQUESTS, design_run_length)
 
 
 @dataclass
 class DriftDetectors:
     """The five detectors of one served model version."""
 
-    class_mix: ClassMixDrift
+    class_mix: ClassMixDrift | LabelMixDrift
     probabilities: ProbabilityDrift
     confidence: ScalarDrift
     input_length: ScalarDrift
@@ -331,8 +351,13 @@ class DriftDetectors:
 
     @classmethod
     def build(cls, reference: Reference, smoothing: float, thresholds: dict[str, float], hold: int) -> DriftDetectors:
+        class_mix = (
+            LabelMixDrift(reference.decisions, smoothing, thresholds["class_mix"], hold)
+            if reference.decisions is not None
+            else ClassMixDrift(reference.class_shares.tolist(), smoothing, thresholds["class_mix"], hold)
+        )
         return cls(
-            class_mix=ClassMixDrift(reference.class_shares.tolist(), smoothing, thresholds["class_mix"], hold),
+            class_mix=class_mix,
             probabilities=ProbabilityDrift(reference.probabilities, smoothing, thresholds["probabilities"], hold),
             **{
                 name: ScalarDrift(name, reference.scalars[name].tolist(), smoothing, thresholds[name], hold, seed=i)
@@ -344,11 +369,17 @@ class DriftDetectors:
         return [self.class_mix, self.probabilities, self.confidence, self.input_length, self.unknown_token_rate]
 
     def update(
-        self, predicted: int, probabilities: np.ndarray, confidence: float, input_length: int, unknown_rate: float
+        self,
+        predicted: int | np.ndarray,
+        probabilities: np.ndarray,
+        confidence: float,
+        input_length: int,
+        unknown_rate: float,
     ) -> list[str]:
-        """Feed one prediction to every detector; return the names of those that alarmed."""
+        """Feed one prediction to every detector (``predicted``: a class, or a multi-label model's 0/1 label
+        vector); return the names of those that alarmed."""
         alarmed = []
-        if self.class_mix.update(predicted):
+        if self.class_mix.update(predicted):  # type: ignore[arg-type]  # each detector takes its model's answer
             alarmed.append("class_mix")
         if self.probabilities.update(probabilities):
             alarmed.append("probabilities")

@@ -38,7 +38,19 @@ DURATION_BUCKETS = (60, 300, 600, 1800, 3600, 7200, 14400, 28800, 86400)
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 DRIFT_SEED = 0
 
-PREDICTIONS = Counter("fitgate_predictions_total", "Predictions by predicted class.", [*MODEL, "label"])
+PREDICTIONS = Counter(
+    "fitgate_predictions_total",
+    "Predictions by predicted class; for a multi-label model, texts answered with each label (divide by "
+    "fitgate_multilabel_texts_total for the predicted-positive rate).",
+    [*MODEL, "label"],
+)
+LABELLED_TEXTS = Counter("fitgate_multilabel_texts_total", "Texts a multi-label model answered.", MODEL)
+LABEL_PROBABILITY = Histogram(
+    "fitgate_label_probability",
+    "A multi-label model's calibrated probability per label and text.",
+    [*MODEL, "label"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95),
+)
 CONFIDENCE = Histogram(
     "fitgate_prediction_confidence", "Calibrated probability of the predicted class.", MODEL, buckets=CONFIDENCE_BUCKETS
 )
@@ -121,8 +133,12 @@ JOBS_RUNNING = Gauge(
 _trainers_seen: set[str] = set()
 
 
-def reference_arrays(statistics: ReferenceStatistics) -> Reference:
+def reference_arrays(statistics: ReferenceStatistics, thresholds: list[float] | None = None) -> Reference:
+    """The detectors' reference; ``thresholds`` (a multi-label model's) turn the probability sample into its
+    0/1 answers, the reference of the label mix."""
+    probabilities = np.asarray(statistics.probability_sample, dtype=float)
     return Reference(
+        decisions=(probabilities >= np.asarray(thresholds)).astype(float) if thresholds else None,
         class_shares=np.asarray(statistics.class_distribution, dtype=float),
         examples=statistics.examples,
         probabilities=np.asarray(statistics.probability_sample, dtype=float),
@@ -147,7 +163,8 @@ class ModelMonitor:
         statistics = spec.reference_int8 if served_graph == spec.onnx_int8 and spec.reference_int8 else spec.reference
         self.low_confidence_threshold = statistics.low_confidence_threshold
         self.reference_confidence = np.sort(np.asarray(statistics.confidence_sample, dtype=float))
-        reference = reference_arrays(statistics)
+        self.multi_label = spec.multi_label
+        reference = reference_arrays(statistics, spec.thresholds if spec.multi_label else None)
         started = time.perf_counter()
         thresholds = calibrate(reference, settings.drift_smoothing, settings.drift_run_length, seed=DRIFT_SEED)
         log.info(
@@ -162,6 +179,10 @@ class ModelMonitor:
         )
         labels = (model, version)
         self._predictions = [PREDICTIONS.labels(*labels, name) for name in spec.labels]
+        self._label_probability = (
+            [LABEL_PROBABILITY.labels(*labels, name) for name in spec.labels] if spec.multi_label else []
+        )
+        self._texts = LABELLED_TEXTS.labels(*labels) if spec.multi_label else None
         self._confidence = CONFIDENCE.labels(*labels)
         self._percentile = CONFIDENCE_PERCENTILE.labels(*labels)
         self._low_confidence = LOW_CONFIDENCE.labels(*labels)
@@ -194,11 +215,22 @@ class ModelMonitor:
     def _observe(self, batch: Predictions) -> None:
         confidence = batch.confidence
         detectors = self.detectors
-        for i, predicted in enumerate(batch.chosen.tolist()):
+        for i in range(len(confidence)):
             c = float(confidence[i])
             tokens = batch.input_tokens[i]
             unknown = batch.unknown_rate[i]
-            self._predictions[predicted].inc()
+            predicted: int | np.ndarray
+            if batch.multi_label:  # one count per label answered: the per-label predicted-positive rate
+                predicted = batch.decided[i].astype(float)
+                for answered in np.flatnonzero(batch.decided[i]).tolist():
+                    self._predictions[answered].inc()
+                for histogram, p in zip(self._label_probability, batch.probabilities[i].tolist(), strict=True):
+                    histogram.observe(p)
+                if self._texts is not None:
+                    self._texts.inc()
+            else:
+                predicted = int(batch.decided[i])
+                self._predictions[predicted].inc()
             self._confidence.observe(c)
             self._percentile.observe(self.confidence_percentile(c))
             if c < self.low_confidence_threshold:

@@ -27,7 +27,7 @@ from fitgate.errors import FitgateError, ModelNotFound, NoModelDeployed
 from fitgate.settings import Settings
 from models.names import ModelName
 from models.registry import Registry
-from models.runtime import OnnxClassifier, Prediction, providers
+from models.runtime import Answer, OnnxClassifier, providers
 from service.monitoring import MODELS_LOADED, ModelMonitor, record_current_versions, record_inference
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Pending:
     texts: list[str]
-    future: asyncio.Future[list[Prediction]]
+    future: asyncio.Future[list[Answer]]
 
 
 @dataclass
@@ -131,7 +131,7 @@ async def _answer(model: LoadedModel, batch: list[_Pending]) -> None:
         start += len(item.texts)
 
 
-def _settle(item: _Pending, answers: list[Prediction]) -> None:
+def _settle(item: _Pending, answers: list[Answer]) -> None:
     if not item.future.done():  # a request whose client went away has a cancelled future
         item.future.set_result(answers)
 
@@ -160,7 +160,7 @@ def settle_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _classify_and_observe(model: LoadedModel, texts: list[str]) -> list[Prediction]:
+def _classify_and_observe(model: LoadedModel, texts: list[str]) -> list[Answer]:
     started = time.perf_counter()
     predictions = model.classifier.predict(texts)
     try:
@@ -265,7 +265,7 @@ class ModelPool:
         """The version of ``name`` this worker serves, if it has loaded one."""
         return self._loaded.get(name)
 
-    async def predict_version(self, name: ModelName, version: str, texts: list[str]) -> list[Prediction]:
+    async def predict_version(self, name: ModelName, version: str, texts: list[str]) -> list[Answer]:
         """Answer with a version that is not the one served (trying a candidate before promoting it).
 
         Loaded on demand and kept (one per worker, the last one asked for); its predictions feed no
@@ -283,14 +283,14 @@ class ModelPool:
         predictions = await asyncio.to_thread(trial[1].predict, texts)
         return predictions.answers()
 
-    async def predict(self, name: ModelName, texts: list[str]) -> tuple[LoadedModel, list[Prediction]]:
+    async def predict(self, name: ModelName, texts: list[str]) -> tuple[LoadedModel, list[Answer]]:
         # no await between reading the current model and queueing on it: a swap cannot slip in between,
         # so nothing is ever queued behind an old version's retirement marker
         model = await self.get(name)
         # a request longer than a batch is queued in batch-sized pieces: the inference threads share it
         step = self.batcher.max_size
         loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[list[Prediction]]] = []
+        futures: list[asyncio.Future[list[Answer]]] = []
         for start in range(0, len(texts), step):
             futures.append(loop.create_future())
             model.queue.put_nowait(_Pending(texts[start : start + step], futures[-1]))

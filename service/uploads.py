@@ -179,6 +179,12 @@ def _inspect_file(
         "conflicting_texts": report.conflicting_texts,
         "conflicting_examples": report.conflicting_examples,
         "class_counts": report.class_counts,
+        "task": report.task,
+        "label_cardinality": report.label_cardinality,
+        "rows_without_labels": report.rows_without_labels,
+        "label_co_occurrence": report.label_co_occurrence,
+        "labels_not_learnable": report.labels_not_learnable,
+        "labels_not_validated": report.labels_not_validated,
         "base_model": choice.to_dict(),
         "splits": {
             "train": len(splits.train),

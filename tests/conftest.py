@@ -41,7 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # The modules that take minutes (docs/TESTING.md): started first, so that no worker starts one near the end while
 # the other has nothing left to run. Then the other scenario modules, then the unit tests, which fill in at the end.
-LONGEST_MODULES = ("tests/service/test_trainers.py", "tests/test_cli.py", "tests/service/test_e2e.py")
+LONGEST_MODULES = ("tests/service/test_trainers.py", "tests/cli/test_main.py", "tests/service/test_e2e.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -125,6 +125,29 @@ def keyword_rows(n: int, seed: int = 0, minority_share: float = 0.3) -> list[tup
         spam = rng.random() < minority_share
         words = rng.choices(spam_words if spam else ham_words, k=rng.randint(3, 12))
         rows.append((" ".join(words) + f" {i}", "spam" if spam else "ham"))
+    return rows
+
+
+TICKET_TOPICS = {  # a multi-label toy task: each topic has words of its own, and a ticket may have several topics
+    "billing": ["invoice", "charged", "refund", "payment", "price"],
+    "bug": ["crash", "error", "broken", "freeze", "glitch"],
+    "account": ["password", "login", "username", "profile", "email"],
+}
+FILLER_WORDS = ["please", "help", "today", "again", "the", "app", "my", "with"]
+
+
+def ticket_rows(n: int, seed: int = 0, separator: str = ";") -> list[tuple[str, str]]:
+    """Tickets carrying each topic with its own probability (some none, some two or three): learnable per label."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        topics = [t for t, share in zip(TICKET_TOPICS, (0.45, 0.35, 0.25), strict=True) if rng.random() < share]
+        if not topics:
+            topics = [rng.choice(list(TICKET_TOPICS))]
+        words = [w for t in topics for w in rng.choices(TICKET_TOPICS[t], k=rng.randint(2, 4))]
+        words += rng.choices(FILLER_WORDS, k=rng.randint(1, 4))
+        rng.shuffle(words)
+        rows.append((" ".join(words) + f" {i}", separator.join(topics)))
     return rows
 
 

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from fitgate.errors import ArgumentsError
 
 ClassWeighting = Literal["auto", "none", "inverse", "effective"]
+Task = Literal["auto", "single_label", "multi_label"]
+LABEL_SEPARATORS = (";", ",", "|", "/", "+", "\t")  # what a label cell may join several labels with
 
 
 class TrainingArguments(BaseModel):
@@ -29,6 +31,20 @@ class TrainingArguments(BaseModel):
     )
     label_column: str | None = Field(
         None, description="Column holding the label; auto-detected (label, class, category, intent, ...) if unset."
+    )
+    task: Task = Field(
+        "auto",
+        description="single_label: one label per text; multi_label: several (label cells joined by label_separator, "
+        "or JSON lists); auto: multi_label when any label cell holds the separator or a JSON list.",
+    )
+    label_separator: str = Field(
+        ";",
+        description=f"What joins several labels in one cell of a multi-label file; one of {list(LABEL_SEPARATORS)}.",
+    )
+    allow_empty_labels: bool = Field(
+        False,
+        description="Multi-label only: rows with no label are kept as negatives for every label (e.g. a story with "
+        "no topic). Off: such rows are refused, since an empty cell is more often a labelling gap.",
     )
     validation_size: float = Field(
         0.1, gt=0.0, lt=0.5, description="Share of rows held out for validation when no validation file is given."
@@ -222,6 +238,15 @@ class TrainingArguments(BaseModel):
         "autocast; fp32 on other CPUs either way. Off by default: its quality has not yet been measured on such "
         "a CPU (GPUs always use bf16).",
     )
+
+    @model_validator(mode="after")
+    def _known_separator(self) -> TrainingArguments:
+        if self.label_separator not in LABEL_SEPARATORS:
+            raise ValueError(
+                f"label_separator {self.label_separator!r} is not supported; use one of {list(LABEL_SEPARATORS)} "
+                "(or give the labels as a JSON list in JSONL)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _splits_leave_training_data(self) -> TrainingArguments:

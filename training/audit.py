@@ -23,6 +23,11 @@ precision and recall stay within 0.01 of the converged fit's on both benchmark s
 precision drops by 0.05 on banking77. A step cap, unlike a looser tolerance, bounds the cost on
 any data and cannot stop after the first step (a tolerance of 3e-3 does on banking77).
 
+Multi-label data (a 0/1 matrix of labels per row) takes the same path per label: one-vs-rest
+logistic regression on the same features, K-fold, and cleanlab's multi-label issue finder
+(``cleanlab.multilabel_classification``); the suggested labels are those whose out-of-sample
+probability reaches 0.5.
+
 The same probabilities answer a second question: whether the labels are predictable from the
 texts at all. When the out-of-sample classifier does no better than guessing without reading
 the text, no training recipe can help, and the remedy policy says so instead of retrying.
@@ -43,7 +48,7 @@ from numpy.typing import NDArray
 
 from fitgate.spreadsheet import write_csv_for_people
 from training.data import LabelledData
-from training.evaluation import macro_f1
+from training.evaluation import label_macro_f1, macro_f1
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +69,7 @@ class AuditedRows:
     """The rows the audit looks at: training and validation together, with their place in the upload."""
 
     texts: list[str]
-    labels: NDArray[np.intp]  # class index
+    labels: NDArray[np.intp]  # class index; for multi-label rows a 0/1 matrix, rows x labels
     rows: list[int | None]  # row number in the uploaded file (as in error messages), when known
     splits: list[str]  # "train" or "validation"
 
@@ -210,6 +215,8 @@ def audit_labels(
 ) -> LabelAudit:
     """Flag the rows whose labels look wrong, write ``output`` (label_issues.csv), return the summary."""
     started = time.perf_counter() if started is None else started
+    if data.labels.ndim == 2:
+        return audit_label_sets(data, label_names, features, output, method=method, seed=seed, started=started)
     k = len(label_names)
     probabilities = out_of_sample_probabilities(features, data.labels, k, seed)
     flagged, quality = find_issues(data.labels, probabilities)
@@ -240,15 +247,117 @@ def audit_labels(
     )
 
 
+MULTI_LABEL_METHOD = (
+    "5-fold one-vs-rest logistic regression (30 L-BFGS steps) on MiniLM embeddings + TF-IDF, "
+    "cleanlab multilabel_classification"
+)
+LABEL_SET_SEPARATOR = ";"  # how label_issues.csv writes a row's labels
+
+
+def out_of_sample_label_probabilities(
+    features: Any, targets: NDArray[np.intp], seed: int, train_rows: NDArray[np.bool_] | None = None
+) -> NDArray[np.float64]:
+    """Per-label probabilities for every row from one-vs-rest logistic regressions fitted on the other folds
+    (or, with ``train_rows``, fitted on those rows and applied to all)."""
+    from sklearn.model_selection import KFold
+    from threadpoolctl import threadpool_limits
+
+    n, k = targets.shape
+    probabilities = np.zeros((n, k), dtype=np.float64)
+    if train_rows is not None:
+        fits = [(np.flatnonzero(train_rows), np.arange(n))]
+    else:
+        fits = list(KFold(n_splits=min(FOLDS, n), shuffle=True, random_state=seed).split(np.zeros(n)))
+    with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
+        warnings.simplefilter("ignore")  # not converged (MAX_ITERATIONS, by design); labels absent from a fold
+        for fit, held_out in fits:
+            probabilities[held_out] = _one_vs_rest(features[fit], targets[fit], features[held_out])
+    return probabilities
+
+
+def _one_vs_rest(features: Any, targets: NDArray[np.intp], scored: Any) -> NDArray[np.float64]:
+    from sklearn.linear_model import LogisticRegression
+
+    out = np.zeros((scored.shape[0], targets.shape[1]), dtype=np.float64)
+    for j in range(targets.shape[1]):
+        column = targets[:, j]
+        if column.min() == column.max():  # a label always (or never) present here: its prior is all there is
+            out[:, j] = float(column[0]) if len(column) else 0.0
+            continue
+        classifier = LogisticRegression(C=REGULARIZATION_C, max_iter=MAX_ITERATIONS)
+        classifier.fit(features, column)
+        out[:, j] = classifier.predict_proba(scored)[:, 1]
+    return out
+
+
+def audit_label_sets(
+    data: AuditedRows,
+    label_names: list[str],
+    features: Any,
+    output: Path,
+    *,
+    method: str,
+    seed: int,
+    started: float,
+) -> LabelAudit:
+    """The multi-label audit: cleanlab's multi-label issue finder on out-of-sample per-label probabilities."""
+    from cleanlab.multilabel_classification.filter import find_label_issues
+    from cleanlab.multilabel_classification.rank import get_label_quality_scores
+
+    targets = data.labels
+    given = [np.flatnonzero(row).tolist() for row in targets]
+    probabilities = out_of_sample_label_probabilities(features, targets, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cleanlab warns about labels with few examples; the flags stay valid
+        flagged = np.asarray(find_label_issues(given, probabilities, filter_by=FILTER_BY, n_jobs=1), dtype=bool)
+        quality = np.asarray(get_label_quality_scores(given, probabilities), dtype=np.float64)
+    suggested = probabilities >= 0.5
+    write_issues(output, data, label_names, flagged, quality, suggested)
+    prior = targets.mean(axis=0)
+    baseline = float(np.mean(2 * prior / (1 + prior)))  # answering every label always: the best without the text
+    oos_f1 = label_macro_f1(targets, suggested)
+    in_validation = np.array([split == "validation" for split in data.splits], dtype=bool)
+    in_training = ~in_validation
+    simple = None
+    if in_validation.any() and in_training.any():
+        fitted = out_of_sample_label_probabilities(features, targets, seed, train_rows=in_training)
+        simple = label_macro_f1(targets[in_validation], fitted[in_validation] >= 0.5)
+    return LabelAudit(
+        method=method if method != METHOD else MULTI_LABEL_METHOD,
+        rows_audited=len(targets),
+        flagged=int(flagged.sum()),
+        estimated_noise_share=float(flagged.mean()),
+        noise_share_by_class={
+            name: float(flagged[targets[:, j] == 1].mean()) if targets[:, j].any() else 0.0
+            for j, name in enumerate(label_names)
+        },
+        out_of_sample_macro_f1=oos_f1,
+        baseline_macro_f1=baseline,
+        labels_unrelated=oos_f1 <= baseline + UNRELATED_MARGIN,
+        seconds=time.perf_counter() - started,
+        validation_rows=int(in_validation.sum()),
+        simple_validation_macro_f1=simple,
+        flagged_training_rows=int(flagged[in_training].sum()),
+        training_rows=int(in_training.sum()),
+    )
+
+
 def write_issues(
     path: Path,
     data: AuditedRows,
     label_names: list[str],
     flagged: NDArray[np.bool_],
     quality: NDArray[np.float64],
-    suggested: NDArray[np.intp],
+    suggested: NDArray[Any],
 ) -> None:
-    """The flagged rows, most doubtful first: what a team opens to fix its labels."""
+    """The flagged rows, most doubtful first: what a team opens to fix its labels (several labels joined by
+    ``LABEL_SET_SEPARATOR`` for multi-label rows)."""
+
+    def named(value: Any) -> str:
+        if np.ndim(value) == 1:
+            return LABEL_SET_SEPARATOR.join(label_names[j] for j in np.flatnonzero(value))
+        return label_names[int(value)]
+
     order = sorted(np.flatnonzero(flagged).tolist(), key=lambda i: quality[i])[:MAX_LISTED]
     write_csv_for_people(
         path,
@@ -258,8 +367,8 @@ def write_issues(
                 data.rows[i] if data.rows[i] is not None else "",
                 data.splits[i],
                 data.texts[i],
-                label_names[data.labels[i]],
-                label_names[suggested[i]],
+                named(data.labels[i]),
+                named(suggested[i]),
                 f"{quality[i]:.4f}",
             ]
             for i in order
@@ -269,11 +378,10 @@ def write_issues(
 
 def audited_rows(train: LabelledData, validation: LabelledData, label_names: list[str]) -> AuditedRows:
     """Training and validation rows together (the test split stays untouched until export)."""
-    index = {name: i for i, name in enumerate(label_names)}
     parts = (("train", train), ("validation", validation))
     return AuditedRows(
         texts=[t for _, part in parts for t in part.texts],
-        labels=np.array([index[y] for _, part in parts for y in part.labels], dtype=np.intp),
+        labels=np.concatenate([part.targets(label_names) for _, part in parts]),
         rows=[part.row(i) for _, part in parts for i in range(len(part))],
         splits=[name for name, part in parts for _ in range(len(part))],
     )

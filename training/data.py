@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 from fitgate.errors import DataError, DataFormatError
 from fitgate.json_input import load_json
@@ -38,12 +42,45 @@ class LabelledData:
     texts: list[str]
     labels: list[str]
     rows: list[int] = field(default_factory=list)
+    multi_label: bool = False
+    """Each label is a cell of several labels: sorted, unique, joined by ``separator`` ("" for none)."""
+    separator: str = ";"
 
     def row(self, i: int) -> int | None:
         return self.rows[i] if self.rows else None
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def label_set(self, i: int) -> tuple[str, ...]:
+        """Row ``i``'s labels: one for single-label data, none or several for multi-label data."""
+        if not self.multi_label:
+            return (self.labels[i],)
+        return tuple(self.labels[i].split(self.separator)) if self.labels[i] else ()
+
+    def label_names(self) -> list[str]:
+        """Every label that occurs, sorted (the class order of a model trained on these rows)."""
+        return sorted({name for i in range(len(self)) for name in self.label_set(i)})
+
+    def targets(self, label_names: list[str]) -> NDArray[np.intp]:
+        """The labels as a model's targets: class indices, or for multi-label data a 0/1 matrix (rows x labels)."""
+        index = {name: i for i, name in enumerate(label_names)}
+        if not self.multi_label:
+            return np.array([index[label] for label in self.labels], dtype=np.intp)
+        targets = np.zeros((len(self), len(label_names)), dtype=np.intp)
+        for i in range(len(self)):
+            for name in self.label_set(i):
+                targets[i, index[name]] = 1
+        return targets
+
+    def subset(self, indices: list[int]) -> LabelledData:
+        """These rows (in the order given), with their row numbers and label kind."""
+        return replace(
+            self,
+            texts=[self.texts[i] for i in indices],
+            labels=[self.labels[i] for i in indices],
+            rows=[self.rows[i] for i in indices] if self.rows else [],
+        )
 
 
 @dataclass
@@ -63,6 +100,17 @@ class DataReport:
     """The base model chosen for these texts and how each candidate read them (training.base_models)."""
     training_rows_left_out: int = 0
     """Training rows the clean-the-data remedy left out (``excluded_training_rows``)."""
+    task: str = "single_label"
+    """single_label or multi_label: what the label column holds (multi_label: the fields below are filled)."""
+    label_cardinality: float = 1.0
+    """Mean labels per row."""
+    rows_without_labels: int = 0
+    label_co_occurrence: list[dict[str, Any]] = field(default_factory=list)
+    """The most frequent pairs of labels on one row: {"labels": [a, b], "rows": n}."""
+    labels_not_learnable: list[str] = field(default_factory=list)
+    """Labels with too few training rows to learn (multi-label): kept in the model, said in the report."""
+    labels_not_validated: list[str] = field(default_factory=list)
+    """Labels with too few validation rows to tune a threshold or judge (the gate names them; shared threshold)."""
 
 
 def read_labelled_file(
@@ -72,6 +120,9 @@ def read_labelled_file(
     label_column: str | None = None,
     max_text_chars: int = 20_000,
     max_empty_share: float = 0.1,
+    task: str = "auto",
+    label_separator: str = ";",
+    allow_empty_labels: bool = False,
 ) -> tuple[LabelledData, DataReport]:
     """Read and validate a labelled CSV/TSV/JSONL file."""
     path = Path(path)
@@ -87,6 +138,9 @@ def read_labelled_file(
         label_column=label_column,
         max_text_chars=max_text_chars,
         max_empty_share=max_empty_share,
+        task=task,
+        label_separator=label_separator,
+        allow_empty_labels=allow_empty_labels,
     )
 
 
@@ -227,6 +281,9 @@ def validate_rows(
     label_column: str | None = None,
     max_text_chars: int = 20_000,
     max_empty_share: float = 0.1,
+    task: str = "auto",
+    label_separator: str = ";",
+    allow_empty_labels: bool = False,
 ) -> tuple[LabelledData, DataReport]:
     """Check rows for everything that would make training fail or mislead; drop empty texts."""
     if not rows:
@@ -235,6 +292,14 @@ def validate_rows(
     label_col = detect_column(columns, label_column, LABEL_COLUMN_NAMES, "label")
     if text_col == label_col:
         raise DataError(f"text and label columns are both {text_col!r}; name two different columns")
+    cells = [(row.get(label_col) or "").strip() for row in rows]
+    multi = task == "multi_label" or (
+        task == "auto" and any(label_separator in cell or _json_list(cell) is not None for cell in cells)
+    )
+    if multi:
+        return _validate_multi_label(
+            rows, text_col, label_col, label_separator, allow_empty_labels, max_text_chars, max_empty_share
+        )
 
     texts: list[str] = []
     labels: list[str] = []
@@ -313,14 +378,28 @@ def validate_rows(
             f"check that column {label_col!r} holds class names, not free text"
         )
 
+    report = _report(rows, texts, labels, counts, empty, text_col, label_col)
+    return LabelledData(texts, labels, numbers), report
+
+
+def _report(
+    rows: list[dict[str, str]],
+    texts: list[str],
+    cells: list[str],
+    counts: Counter[str],
+    empty: int,
+    text_col: str,
+    label_col: str,
+) -> DataReport:
+    """What both kinds of label column share in the report: rows, columns, counts, duplicates, conflicts."""
     labels_by_text: dict[str, set[str]] = defaultdict(set)
     first_seen: dict[str, str] = {}
-    for text, label in zip(texts, labels, strict=True):
+    for text, cell in zip(texts, cells, strict=True):
         key = same_text_key(text)
-        labels_by_text[key].add(label)
+        labels_by_text[key].add(cell)
         first_seen.setdefault(key, text)
     conflicting = [first_seen[key] for key, ls in labels_by_text.items() if len(ls) > 1]
-    report = DataReport(
+    return DataReport(
         rows_read=len(rows),
         rows_kept=len(texts),
         empty_texts_dropped=empty,
@@ -331,4 +410,118 @@ def validate_rows(
         conflicting_texts=len(conflicting),
         conflicting_examples=[t[:80] for t in conflicting[:_SHOWN]],
     )
-    return LabelledData(texts, labels, numbers), report
+
+
+def _json_list(cell: str) -> list[str] | None:
+    """The labels of a cell holding a JSON list of strings (JSONL ``"labels": ["a", "b"]``), else None."""
+    if not cell.startswith("["):
+        return None
+    try:
+        value = json.loads(cell)
+    except ValueError:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return None
+    return [v.strip() for v in value]
+
+
+def parse_label_set(cell: str, separator: str) -> tuple[str, ...]:
+    """A multi-label cell's labels, sorted and unique: ``b;a;a`` and ``["a", "b"]`` are both ``("a", "b")``."""
+    parts = _json_list(cell)
+    if parts is None:
+        parts = [part.strip() for part in cell.split(separator)]
+    return tuple(sorted({part for part in parts if part}))
+
+
+MAX_CO_OCCURRENCE_SHOWN = 10
+
+
+def _validate_multi_label(
+    rows: list[dict[str, str]],
+    text_col: str,
+    label_col: str,
+    separator: str,
+    allow_empty: bool,
+    max_text_chars: int,
+    max_empty_share: float,
+) -> tuple[LabelledData, DataReport]:
+    """The multi-label counterpart of :func:`validate_rows`: every label cell is a set of labels."""
+    texts: list[str] = []
+    cells: list[str] = []
+    numbers: list[int] = []
+    empty_texts, no_labels, too_long, long_labels, unreadable = 0, [], [], [], []
+    for number, row in enumerate(rows, start=2):
+        text = (row.get(text_col) or "").strip()
+        if not text:
+            empty_texts += 1
+            continue
+        label_set = parse_label_set((row.get(label_col) or "").strip(), separator)
+        if not label_set and not allow_empty:
+            no_labels.append(number)
+            continue
+        if len(text) > max_text_chars:
+            too_long.append(number)
+            continue
+        if any(len(label) > MAX_LABEL_CHARS for label in label_set):
+            long_labels.append(number)
+            continue
+        if (
+            reason := unreadable_reason(text) or next(filter(None, map(unreadable_reason, label_set)), None)
+        ) is not None:
+            unreadable.append((number, reason))
+            continue
+        texts.append(text)
+        cells.append(separator.join(label_set))
+        numbers.append(number)
+    if no_labels:
+        raise DataError(
+            f"{len(no_labels)} rows have no label (rows {no_labels[:_SHOWN]}); label them, or set "
+            "allow_empty_labels=true if a row with no label is a real answer (a negative for every label)"
+        )
+    if too_long:
+        raise DataError(
+            f"{len(too_long)} texts are longer than {max_text_chars:,} characters (rows {too_long[:_SHOWN]}); "
+            "split or shorten them"
+        )
+    if long_labels:
+        raise DataError(
+            f"{len(long_labels)} rows have a label longer than {MAX_LABEL_CHARS} characters (rows "
+            f"{long_labels[:_SHOWN]}); check that column {label_col!r} holds labels joined by {separator!r}"
+        )
+    if unreadable:
+        number, reason = unreadable[0]
+        raise DataError(
+            f"{len(unreadable)} rows are not readable text (rows {[n for n, _ in unreadable[:_SHOWN]]}); "
+            f"row {number} {reason}"
+        )
+    if empty_texts / len(rows) > max_empty_share:
+        raise DataError(
+            f"{empty_texts} of {len(rows)} rows ({empty_texts / len(rows):.0%}) have an empty text, more than the "
+            f"{max_empty_share:.0%} allowed; check that column {text_col!r} is the text column"
+        )
+    data = LabelledData(texts, cells, numbers, multi_label=True, separator=separator)
+    if not texts:
+        raise DataError("no rows with a text")
+    sets = [data.label_set(i) for i in range(len(data))]
+    counts = Counter(label for labels in sets for label in labels)
+    if not counts:
+        raise DataError("no row has a label; a multi-label file needs labelled rows")
+    if len(counts) > MAX_CLASSES:
+        raise DataError(
+            f"found {len(counts):,} distinct labels, more than the {MAX_CLASSES} supported; "
+            f"check that column {label_col!r} holds labels joined by {separator!r}"
+        )
+    if len(counts) == 1 and all(sets):
+        raise DataError(
+            f"every row has the one label {next(iter(counts))!r}; a classifier needs rows without it (set "
+            "allow_empty_labels=true and keep unlabelled rows) or a second label"
+        )
+    pairs = Counter(pair for labels in sets for pair in itertools.combinations(labels, 2))
+    report = _report(rows, texts, cells, counts, empty_texts, text_col, label_col)
+    report.task = "multi_label"
+    report.label_cardinality = round(sum(map(len, sets)) / len(sets), 4)
+    report.rows_without_labels = sum(1 for s in sets if not s)
+    report.label_co_occurrence = [
+        {"labels": list(pair), "rows": n} for pair, n in pairs.most_common(MAX_CO_OCCURRENCE_SHOWN)
+    ]
+    return data, report

@@ -15,7 +15,7 @@ import numpy as np
 
 from fitgate.settings import Settings
 from training.curves import CurvePoint
-from training.evaluation import macro_f1
+from training.evaluation import label_macro_f1, macro_f1
 from training.rundir import RunDirectory
 
 Verdict = Literal[
@@ -91,7 +91,14 @@ class Diagnosis:
 
 
 def trivial_baseline_macro_f1(labels: np.ndarray, num_classes: int) -> dict[str, float]:
-    """Expected macro-F1 of predictors that ignore the text, on these labels."""
+    """Expected macro-F1 of predictors that ignore the text, on these labels.
+
+    Multi-label (a 0/1 matrix): per label, answering it always (F1 2p/(1+p)) or at random with its
+    prior p (F1 p), macro-averaged over the labels: the per-label prior the model must beat.
+    """
+    if labels.ndim == 2:
+        prior = labels.mean(axis=0) if len(labels) else np.zeros(num_classes)
+        return {"always": float(np.mean(2 * prior / (1 + prior))), "by_prior": float(prior.mean())}
     prior = np.bincount(labels, minlength=num_classes) / len(labels)
     majority = float(2 * prior.max() / (1 + prior.max()) / num_classes)
     stratified = float(prior[prior > 0].sum() / num_classes)  # per-class F1 = p_k when guessing by the prior
@@ -105,8 +112,14 @@ def bootstrap_macro_f1(
     """One-sided 95% lower bound and the point estimate of macro-F1 (percentile bootstrap)."""
     rng = np.random.default_rng(seed)
     n = len(labels)
-    stats = [macro_f1(labels[idx], predictions[idx], k) for idx in rng.integers(0, n, size=(samples, n))]
-    return float(np.quantile(stats, 0.05)), macro_f1(labels, predictions, k)
+
+    def score(rows: np.ndarray | slice) -> float:
+        if labels.ndim == 2:  # multi-label: rows resampled with all their labels
+            return label_macro_f1(labels[rows], predictions[rows])
+        return macro_f1(labels[rows], predictions[rows], k)
+
+    stats = [score(idx) for idx in rng.integers(0, n, size=(samples, n))]
+    return float(np.quantile(stats, 0.05)), score(slice(None))
 
 
 # --- the rules ------------------------------------------------------------------------------
@@ -215,18 +228,40 @@ def _no_skill(labels: np.ndarray, predictions: np.ndarray, k: int, s: Settings, 
 
 def _class_support(labels: np.ndarray, predictions: np.ndarray, names: list[str], s: Settings) -> list[Finding]:
     k = len(names)
-    support = np.bincount(labels, minlength=k)
-    predicted = np.bincount(predictions, minlength=k)
-    hits = np.bincount(labels[labels == predictions], minlength=k)
+    if labels.ndim == 2:  # multi-label: per label, rows carrying it, rows answered with it, rows both
+        support, predicted = labels.sum(axis=0), predictions.sum(axis=0)
+        hits = (labels.astype(bool) & predictions.astype(bool)).sum(axis=0)
+    else:
+        support = np.bincount(labels, minlength=k)
+        predicted = np.bincount(predictions, minlength=k)
+        hits = np.bincount(labels[labels == predictions], minlength=k)
     findings = []
+    kind = "labels" if labels.ndim == 2 else "classes"
     dead = [i for i in range(k) if support[i] >= s.gate_min_class_support and hits[i] == 0]
+    always = []
+    if labels.ndim == 2:
+        # a label answered for every row (while some rows lack it) has collapsed the other way
+        always = [
+            i for i in range(k) if support[i] >= s.gate_min_class_support and predicted[i] == len(labels) > support[i]
+        ]
+    if always:
+        shown = ", ".join(f"{names[i]!r} (on {support[i]} of {len(labels)} rows)" for i in always[:10])
+        findings.append(
+            Finding(
+                "degenerate",
+                True,
+                f"{len(always)} labels are answered for every validation text, whatever it says: {shown}",
+                {"labels_always_predicted": [names[i] for i in always], "rows": len(labels)},
+                REMEDIES["degenerate"],
+            )
+        )
     if dead:
         shown = ", ".join(f"{names[i]!r} ({support[i]} examples, predicted {predicted[i]} times)" for i in dead[:10])
         findings.append(
             Finding(
                 "degenerate",
                 True,
-                f"{len(dead)} classes are never recognised on validation (recall 0): {shown}",
+                f"{len(dead)} {kind} are never recognised on validation (recall 0): {shown}",
                 {
                     "classes": [names[i] for i in dead],
                     "support": [int(support[i]) for i in dead],
@@ -242,7 +277,7 @@ def _class_support(labels: np.ndarray, predictions: np.ndarray, names: list[str]
             Finding(
                 "insufficient_validation",
                 False,
-                f"{len(thin)} classes have fewer than {s.gate_min_class_support} validation examples, too few to "
+                f"{len(thin)} {kind} have fewer than {s.gate_min_class_support} validation examples, too few to "
                 f"judge whether they are recognised: {shown}; the degenerate check skipped them",
                 {"classes": [names[i] for i in thin], "support": [int(support[i]) for i in thin]},
                 REMEDIES["insufficient_validation"],
@@ -355,8 +390,9 @@ def baseline_finding(model_f1: float, audit: dict[str, Any] | None, s: Settings)
 def serving_warnings(labels: np.ndarray, predictions: np.ndarray, validation: dict[str, Any]) -> list[Finding]:
     """Warnings a team should read before serving: accuracy below the majority answer, calibration made worse."""
     findings = []
-    majority = float(np.bincount(labels).max() / len(labels)) if len(labels) else 0.0
-    accuracy = float((labels == predictions).mean()) if len(labels) else 0.0
+    single_label = labels.ndim == 1  # multi-label has no majority answer to compare with
+    majority = float(np.bincount(labels).max() / len(labels)) if len(labels) and single_label else 0.0
+    accuracy = float((labels == predictions).mean()) if len(labels) and single_label else 0.0
     if accuracy < majority:
         findings.append(
             Finding(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from numpy.typing import NDArray
 from transformers import PreTrainedTokenizerBase
 
 from training import batching
@@ -15,16 +17,17 @@ from training.splits import Splits
 
 @dataclass(frozen=True)
 class Encoded:
-    """One split, tokenized once: token ids and class indices, row for row."""
+    """One split, tokenized once: token ids and targets, row for row (``LabelledData.targets``: a class index
+    per row, or a 0/1 matrix rows x labels for multi-label data)."""
 
     ids: list[list[int]]
-    labels: list[int]
+    targets: NDArray[np.intp]
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def subset(self, rows: list[int]) -> Encoded:
-        return Encoded([self.ids[i] for i in rows], [self.labels[i] for i in rows])
+        return Encoded([self.ids[i] for i in rows], self.targets[np.asarray(rows, dtype=np.intp)])
 
 
 @dataclass(frozen=True)
@@ -36,12 +39,11 @@ class EncodedSplits:
 
 
 def encode_splits(splits: Splits, tokenizer: PreTrainedTokenizerBase, max_length: int) -> EncodedSplits:
-    """Tokenize every split once; classes are numbered in sorted order of the training labels."""
-    label_names = sorted(set(splits.train.labels))
-    label_id = {name: i for i, name in enumerate(label_names)}
+    """Tokenize every split once; classes (labels) are numbered in sorted order of the training labels."""
+    label_names = splits.train.label_names()
 
     def encode(part: LabelledData) -> Encoded:
-        return Encoded(batching.encode(tokenizer, part.texts, max_length), [label_id[x] for x in part.labels])
+        return Encoded(batching.encode(tokenizer, part.texts, max_length), part.targets(label_names))
 
     test = encode(splits.test) if splits.test is not None else None
     return EncodedSplits(label_names, encode(splits.train), encode(splits.validation), test)

@@ -24,13 +24,12 @@ import torch
 
 from fitgate.errors import TrainingCancelled
 from fitgate.settings import Settings
-from training import batching, losses, modeling
+from training import batching, modeling
 from training.arguments import TrainingArguments, plan_schedule
 from training.audit import audit_run
 from training.base_models import BaseModels, choose_base_model
 from training.checkpoint import remove_checkpoint, save_checkpoint
 from training.curves import CurvePoint
-from training.data import read_labelled_file
 from training.encoding import Encoded, encode_splits, train_eval_rows, train_eval_subset
 from training.loopstate import LoopState, RunningLoss, save_live_curves, training_progress
 from training.optimization import build_optimization
@@ -38,17 +37,10 @@ from training.precision import autocast_dtype, configure_runtime, mixed_precisio
 from training.progress import CancelCheck, Progress, ProgressCallback, ignore_progress, never_cancelled
 from training.resume import checkpoint_of, marked_resumed, restore_checkpoint, resumable
 from training.rundir import LABEL_ISSUES, TEST_CSV, RunDirectory, RunResult, SplitScores, record_test_scores, save_run
+from training.scoring import EvaluationConfig, evaluate, score
 from training.selection import CheckpointSelector
 from training.splits import load_splits
-from training.tasks.single_label import (
-    Calibration,
-    EvaluationConfig,
-    Objective,
-    calibrate,
-    evaluate,
-    minority_classes,
-    score,
-)
+from training.tasks.base import task_named
 
 
 def _sha256_of_files(**paths: Path | None) -> dict[str, str]:
@@ -110,22 +102,22 @@ def fine_tune(
     generator = torch.Generator().manual_seed(args.seed)  # the subset, then the sampler and augmentation
     train_subset = train_eval_subset(data.train, train_eval_rows(args, len(data.validation)), generator)
 
+    task = task_named(data_report.task)
+
     # model
-    model = modeling.load_classifier(base_model, data.label_names, dropout=args.dropout, seed=args.seed)
+    model = modeling.load_classifier(
+        base_model, data.label_names, dropout=args.dropout, seed=args.seed, problem_type=task.problem_type
+    )
     modeling.freeze_lower_layers(model, args.freeze_layers)
     modeling.freeze_word_embeddings(model, args.freeze_word_embeddings)
     cast(torch.nn.Module, model).to(device)  # in place; transformers types .to() by its dtype overload only
     model.train()
 
     # optimizer, schedule, loss
-    counts = np.bincount(data.train.labels, minlength=len(data.label_names))
-    weights = losses.class_weights(counts.tolist(), args.class_weighting, args.effective_number_beta)
-    objective = Objective(
-        weights=weights.to(device) if weights is not None else None,
-        label_smoothing=args.label_smoothing_factor,
-        focal_gamma=args.focal_gamma if args.loss == "focal" else None,
-    )
-    augment_classes = minority_classes(counts, args.augment_below_share_of_largest) if args.augment else frozenset()
+    counts = task.class_counts(data.train.targets, len(data.label_names))
+    objective, weights = task.loss(counts, len(data.train), args, device)
+    augment_classes = task.minority_classes(counts, args.augment_below_share_of_largest) if args.augment else None
+    sampling_classes = task.sampling_classes(data.train.targets)
     schedule = plan_schedule(len(data.train), args)
     optimization = build_optimization(model, args, schedule.total_steps, device, autocast)
     config = EvaluationConfig(args.per_device_eval_batch_size, int(tokenizer.pad_token_id or 0), device, autocast)
@@ -133,6 +125,7 @@ def fine_tune(
     def evaluate_at(step: int, window: RunningLoss | None = None) -> CurvePoint:
         return evaluate(
             model,
+            task,
             data.validation,
             train_subset,
             config,
@@ -164,12 +157,12 @@ def fine_tune(
     while state.step < schedule.total_steps and not state.selector.should_stop:
         for batch in batching.training_batches(
             data.train.ids,
-            data.train.labels,
+            sampling_classes,
             batch_size=args.per_device_train_batch_size,
             pad_id=config.pad_id,
             generator=generator,
             balanced=args.sampler == "balanced",
-            augment_classes=augment_classes,
+            augment_classes=augment_classes or frozenset(),
         ):
             if should_cancel():
                 raise TrainingCancelled(
@@ -180,7 +173,8 @@ def fine_tune(
                     input_ids=batch.input_ids.to(device, non_blocking=True),
                     attention_mask=batch.attention_mask.to(device, non_blocking=True),
                 ).logits
-            loss = objective(logits, batch.labels.to(device, non_blocking=True))
+            targets = task.batch_targets(data.train.targets[np.asarray(batch.indices)])
+            loss = objective(logits, targets.to(device, non_blocking=True))
             optimization.step(loss, model.parameters())
             state.step += 1
             state.window.add(loss, len(batch.indices))
@@ -214,16 +208,14 @@ def fine_tune(
     # restore the selected checkpoint, then calibrate on validation
     on_progress(Progress("calibrating", step=state.step, total_steps=schedule.total_steps))
     selected = state.selector.restore_best(model) if args.load_best_model_at_end else state.curves[-1]
-    val_logits, _ = score(model, data.validation, config)
-    val_labels = np.array(data.validation.labels)
-    calibration = calibrate(val_logits, val_labels, counts, args)
+    val_logits = score(model, data.validation, config)
+    rule = task.calibrate(val_logits, data.validation.targets, counts, args)
 
     # final scores
-    val_scores = calibration.scores(val_logits, val_labels, data.label_names)
+    val_scores = task.scores(rule, val_logits, data.validation.targets, data.label_names)
     test_scores = None
     if data.test is not None and score_test:
-        test_logits, _ = score(model, data.test, config)
-        test_scores = calibration.scores(test_logits, np.array(data.test.labels), data.label_names)
+        test_scores = task.scores(rule, score(model, data.test, config), data.test.targets, data.label_names)
 
     # label audit: which training and validation rows' labels disagree with their texts
     label_audit = None
@@ -250,9 +242,9 @@ def fine_tune(
         curves=state.curves,
         best_step=selected.step,
         stopped_early=state.selector.should_stop,
-        temperature=calibration.temperature,
-        class_bias=[float(b) for b in calibration.class_bias],
-        class_weights=weights.tolist() if weights is not None else None,
+        temperature=rule.temperature,
+        class_bias=rule.class_bias or [0.0] * len(data.label_names),
+        class_weights=weights,
         validation=val_scores,
         test=test_scores,
         data_report=data_report,
@@ -266,6 +258,9 @@ def fine_tune(
         total_seconds=time.perf_counter() - started,
         device=str(device),
         label_audit=label_audit,
+        task=task.name,
+        label_temperatures=rule.label_temperatures or None,
+        thresholds=rule.thresholds or None,
     )
     unscored_test = splits.test if splits.test is not None and test_scores is None else None
     save_run(result, model.cpu(), tokenizer, args, splits.validation, val_logits, unscored_test)
@@ -292,18 +287,17 @@ def score_test_split(path: Path) -> SplitScores | None:
     run = RunDirectory.open(path)
     if not (run.path / TEST_CSV).is_file() or run.report.get("test") is not None:
         return None
-    test = read_labelled_file(run.path / TEST_CSV, max_text_chars=10**9)[0]
+    test = run.read_rows(TEST_CSV)
     args = run.arguments
     device = pick_device(args.device)
     tokenizer = modeling.load_tokenizer(str(run.model_dir))
     model = AutoModelForSequenceClassification.from_pretrained(run.model_dir)
     cast(torch.nn.Module, model).to(device)
-    index = {name: i for i, name in enumerate(run.label_names)}
-    data = Encoded(batching.encode(tokenizer, test.texts, args.max_length), [index[y] for y in test.labels])
+    data = Encoded(batching.encode(tokenizer, test.texts, args.max_length), test.targets(run.label_names))
     config = EvaluationConfig(
         args.per_device_eval_batch_size, int(tokenizer.pad_token_id or 0), device, autocast_dtype(device, args.cpu_bf16)
     )
-    logits, _ = score(model, data, config)
-    scores = Calibration(run.temperature, run.class_bias).scores(logits, np.array(data.labels), run.label_names)
+    task = task_named(run.report.get("task", "single_label"))
+    scores = task.scores(run.decision_rule, score(model, data, config), data.targets, run.label_names)
     record_test_scores(run.path, scores)
     return scores

@@ -37,8 +37,18 @@ def load_tokenizer(base_model: str) -> PreTrainedTokenizerBase:
         ) from exc
 
 
-def load_classifier(base_model: str, label_names: list[str], *, dropout: float | None, seed: int) -> PreTrainedModel:
-    """Load ``base_model`` with a new head for ``label_names``; the seed fixes the head's init."""
+def load_classifier(
+    base_model: str,
+    label_names: list[str],
+    *,
+    dropout: float | None,
+    seed: int,
+    problem_type: str = "single_label_classification",
+) -> PreTrainedModel:
+    """Load ``base_model`` with a new head for ``label_names``; the seed fixes the head's init.
+
+    ``problem_type`` is saved in the config, so whoever loads the checkpoint (the Trainer, a pipeline)
+    applies the right activation: a multi-label model's scores are sigmoids, not a softmax."""
     if not Path(base_model).is_dir():
         raise ModelLoadError(
             f"base model {base_model!r} is not a local directory; fitgate never downloads weights, "
@@ -53,6 +63,7 @@ def load_classifier(base_model: str, label_names: list[str], *, dropout: float |
             num_labels=len(label_names),
             id2label=dict(enumerate(label_names)),
             label2id={name: i for i, name in enumerate(label_names)},
+            problem_type=problem_type,
             **overrides,
         )
         torch.manual_seed(seed)
@@ -61,7 +72,11 @@ def load_classifier(base_model: str, label_names: list[str], *, dropout: float |
         # fitgate reports its own progress
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers
         try:
-            model: PreTrainedModel = AutoModelForSequenceClassification.from_pretrained(base_model, config=config)
+            model: PreTrainedModel = AutoModelForSequenceClassification.from_pretrained(
+                base_model,
+                config=config,
+                ignore_mismatched_sizes=True,  # a head of other classes is replaced
+            )
             return model
         finally:
             hf_logging.set_verbosity(verbosity)

@@ -23,7 +23,7 @@ from fitgate.files import write_text_atomic
 from training.arguments import TrainingArguments
 from training.curves import CurvePoint, load_curves, plot_confusion, plot_curves, save_curves
 from training.data import DataReport, LabelledData, read_labelled_file, write_labelled_csv
-from training.decision import decide
+from training.decision import DecisionRule
 from training.evaluation import ClassScores
 
 if TYPE_CHECKING:
@@ -57,8 +57,11 @@ class SplitScores:
     accuracy: float
     ece_before_calibration: float
     ece_after_calibration: float
-    per_class: list[ClassScores]
-    confusion: list[list[int]]
+    per_class: list[ClassScores]  # per label for a multi-label model (support: rows carrying the label)
+    confusion: list[list[int]]  # empty for a multi-label model: its labels do not exclude each other
+    micro_f1: float | None = None  # multi-label: F1 over every (row, label) decision
+    hamming_loss: float | None = None  # multi-label: share of (row, label) decisions that are wrong
+    ece_per_label: list[float] | None = None  # multi-label: after calibration; the ece_* fields are their mean
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,9 @@ class RunResult:
     total_seconds: float
     device: str
     label_audit: dict[str, Any] | None = None  # training/audit.py's LabelAudit; None when the audit is off
+    task: str = "single_label"  # or multi_label: temperature/class_bias are then unused (1.0, zeros)
+    label_temperatures: list[float] | None = None  # multi-label: the calibration, one temperature per label
+    thresholds: list[float] | None = None  # multi-label: the decision rule, on calibrated probabilities
 
 
 def save_run(
@@ -123,6 +129,8 @@ def save_run(
 
 def _plot_final_confusion(out: Path, label_names: list[str], scores: SplitScores | dict[str, Any], split: str) -> None:
     confusion = scores["confusion"] if isinstance(scores, dict) else scores.confusion
+    if not confusion:  # a multi-label model: per-label scores, no confusion matrix
+        return
     plot_confusion(np.array(confusion), label_names, out / CONFUSION_PNG, title=f"confusion matrix ({split})")
 
 
@@ -283,29 +291,62 @@ class RunDirectory:
     def curves(self) -> tuple[list[CurvePoint], int]:
         return load_curves(self.path / CURVES)
 
+    @property
+    def multi_label(self) -> bool:
+        return self.report.get("task") == "multi_label"
+
+    def read_rows(self, name: str) -> LabelledData:
+        """A kept split (validation.csv, test.csv), read as the run read its upload (single or multi-label)."""
+        args = self.arguments
+        return read_labelled_file(
+            self.path / name,
+            max_text_chars=10**9,
+            task=self.report.get("task", "single_label"),
+            label_separator=args.label_separator,
+            allow_empty_labels=True,
+        )[0]
+
     @cached_property
     def validation(self) -> LabelledData:
-        return read_labelled_file(self.path / VALIDATION_CSV, max_text_chars=10**9)[0]
+        return self.read_rows(VALIDATION_CSV)
 
     @cached_property
     def validation_labels(self) -> NDArray[np.intp]:
-        index = {name: i for i, name in enumerate(self.label_names)}
-        return np.array([index[label] for label in self.validation.labels], dtype=np.intp)
+        """Class indices per row; for a multi-label run a 0/1 matrix, rows x labels."""
+        return self.validation.targets(self.label_names)
 
     @cached_property
     def validation_logits(self) -> NDArray[np.float32]:
         logits: NDArray[np.float32] = np.load(self.path / VALIDATION_LOGITS)
         return logits
 
+    @cached_property
+    def decision_rule(self) -> DecisionRule:
+        """The calibration and decision rule the exported model applies."""
+        report = self.report
+        if self.multi_label:
+            return DecisionRule(
+                multi_label=True,
+                label_temperatures=list(report["label_temperatures"]),
+                thresholds=list(report["thresholds"]),
+            )
+        return DecisionRule(temperature=float(report["temperature"]), class_bias=list(report["class_bias"]))
+
     @property
-    def validation_predictions(self) -> NDArray[np.intp]:
-        """What the exported model would answer: temperature and decision rule applied."""
-        return decide(self.validation_logits, self.temperature, self.class_bias)
+    def validation_predictions(self) -> NDArray[Any]:
+        """What the exported model would answer: temperature and decision rule applied (multi-label: a
+        boolean matrix, rows x labels)."""
+        return self.decision_rule.decide(self.validation_logits)
 
     @property
     def train_labels(self) -> NDArray[np.intp]:
+        """Training labels with the training split's class frequencies (all a trivial baseline needs); for a
+        multi-label run a 0/1 matrix with each label's training prior (its co-occurrences are not kept)."""
         counts = self.report["train_class_counts"]
-        return np.repeat(np.arange(len(counts)), counts)
+        if not self.multi_label:
+            return np.repeat(np.arange(len(counts)), counts)
+        rows = int(self.report["split_sizes"]["train"])
+        return (np.arange(rows)[:, None] < np.array(counts)[None, :]).astype(np.intp)
 
     @property
     def diagnosis(self) -> dict[str, Any] | None:

@@ -31,12 +31,16 @@ class Splits:
 
 
 def _subset(data: LabelledData, indices: list[int]) -> LabelledData:
-    indices = sorted(indices)
-    return LabelledData(
-        [data.texts[i] for i in indices],
-        [data.labels[i] for i in indices],
-        [data.rows[i] for i in indices] if data.rows else [],
-    )
+    return data.subset(sorted(indices))
+
+
+def _stratum(data: LabelledData, members: list[int], frequency: Counter[str]) -> str:
+    """The class a group of identical texts is dealt by: its majority label, or for multi-label rows the
+    rarest label they carry ("" for none), so that rare labels reach validation whenever they can."""
+    if not data.multi_label:
+        return Counter(data.labels[i] for i in members).most_common(1)[0][0]
+    labels = {label for i in members for label in data.label_set(i)}
+    return min(labels, key=lambda label: (frequency[label], label)) if labels else ""
 
 
 def split_data(data: LabelledData, *, validation_size: float, test_size: float, seed: int) -> Splits:
@@ -44,15 +48,15 @@ def split_data(data: LabelledData, *, validation_size: float, test_size: float, 
     groups: dict[str, list[int]] = defaultdict(list)
     for i, text in enumerate(data.texts):
         groups[same_text_key(text)].append(i)
+    frequency = Counter(label for i in range(len(data)) for label in data.label_set(i))
     groups_by_class: dict[str, list[list[int]]] = defaultdict(list)
     for members in groups.values():
-        majority = Counter(data.labels[i] for i in members).most_common(1)[0][0]
-        groups_by_class[majority].append(members)
+        groups_by_class[_stratum(data, members, frequency)].append(members)
 
     held_out_parts = [size for size in (validation_size, test_size) if size > 0]
     needed = 1 + MIN_PER_SPLIT * len(held_out_parts)
     too_small = {label: len(g) for label, g in groups_by_class.items() if len(g) < needed}
-    if too_small:
+    if too_small and not data.multi_label:  # multi-label: such labels stay in training, unvalidated (reported)
         shown = ", ".join(f"{label!r} has {n}" for label, n in sorted(too_small.items(), key=lambda kv: kv[1])[:5])
         raise DataError(
             f"{len(too_small)} classes have too few distinct examples to split ({shown}); each class needs at least "
@@ -67,6 +71,9 @@ def split_data(data: LabelledData, *, validation_size: float, test_size: float, 
         class_groups = groups_by_class[label]
         rng.shuffle(class_groups)
         total = sum(len(g) for g in class_groups)
+        if len(class_groups) < needed:  # a multi-label stratum too small to share: all of it trains
+            train.extend(i for g in class_groups for i in g)
+            continue
         targets = [
             (bucket, max(MIN_PER_SPLIT, round(total * size)) if size > 0 else 0)
             for bucket, size in ((validation, validation_size), (test, test_size))
@@ -100,8 +107,7 @@ def leave_out(train: LabelledData, rows: list[int]) -> tuple[LabelledData, int]:
     if not rows or not train.rows:
         return train, 0
     excluded = set(rows)
-    keep = [i for i, row in enumerate(train.rows) if row not in excluded]
-    kept = LabelledData([train.texts[i] for i in keep], [train.labels[i] for i in keep], [train.rows[i] for i in keep])
+    kept = train.subset([i for i, row in enumerate(train.rows) if row not in excluded])
     return kept, len(train) - len(kept)
 
 
@@ -117,18 +123,22 @@ def load_splits(
     never occurs in training: the model could not predict it, and its scores would mislead.
     """
 
-    def read(path: Path) -> tuple[LabelledData, DataReport]:
+    def read(path: Path, task: str = args.task) -> tuple[LabelledData, DataReport]:
         return read_labelled_file(
             path,
             text_column=args.text_column,
             label_column=args.label_column,
             max_text_chars=args.max_text_chars,
             max_empty_share=args.max_empty_share,
+            task=task,
+            label_separator=args.label_separator,
+            allow_empty_labels=args.allow_empty_labels,
         )
 
     data, report = read(data_path)
-    given_val = read(validation_path)[0] if validation_path else None
-    given_test = read(test_path)[0] if test_path else None
+    # held-out files are read as the training file was
+    given_val = read(validation_path, report.task)[0] if validation_path else None
+    given_test = read(test_path, report.task)[0] if test_path else None
     splits = (
         split_data(
             data,
@@ -145,10 +155,25 @@ def load_splits(
     if leaked:
         log.warning("dropped %d training rows whose text also appears in the validation/test file", leaked)
     train, report.training_rows_left_out = leave_out(train, args.excluded_training_rows)
-    unknown = sorted({*validation.labels, *(test.labels if test else [])} - set(train.labels))
+    held_out_labels = {*validation.label_names(), *(test.label_names() if test else [])}
+    unknown = sorted(held_out_labels - set(train.label_names()))
     if unknown:
         raise DataError(
             f"labels {unknown[:5]} appear in the validation/test data but never in training; "
             "add training examples for them or remove them"
         )
+    if train.multi_label:
+        report_label_support(report, train, validation)
     return Splits(train, validation, test), report
+
+
+MIN_LABEL_TRAINING_ROWS = 5  # fewer positive training rows: reported as too rare to learn (kept in the model)
+MIN_LABEL_VALIDATION_ROWS = 5  # fewer positive validation rows: its threshold is the shared one, the gate skips it
+
+
+def report_label_support(report: DataReport, train: LabelledData, validation: LabelledData) -> None:
+    """Name the labels too rare to learn or to validate, and say in the report what happens to them."""
+    train_counts = Counter(label for i in range(len(train)) for label in train.label_set(i))
+    val_counts = Counter(label for i in range(len(validation)) for label in validation.label_set(i))
+    report.labels_not_learnable = sorted(n for n, c in train_counts.items() if c < MIN_LABEL_TRAINING_ROWS)
+    report.labels_not_validated = sorted(n for n in train_counts if val_counts[n] < MIN_LABEL_VALIDATION_ROWS)

@@ -194,3 +194,65 @@ def test_any_upload_becomes_readable_rows_or_a_data_error(upload: tuple[bytes, s
     for text in (*data.texts, *data.labels):
         text.encode("utf-8")  # well-formed: no lone surrogate reaches the tokenizer
         assert text.strip() == text and text
+
+
+# --- multi-label files ----------------------------------------------------------------------------
+
+TICKETS = (
+    "text,label\n"
+    "card charged twice,billing;bug\n"
+    "app crashes on login,bug\n"
+    "refund please,billing\n"
+    "dark mode request,\n"
+    '"crash, then charged",bug;billing;bug\n'
+)
+
+
+def test_a_label_cell_joined_by_the_separator_makes_the_file_multi_label(tmp_path: Path) -> None:
+    data, report = _read(tmp_path, TICKETS, allow_empty_labels=True)
+    assert data.multi_label and report.task == "multi_label"
+    assert [data.label_set(i) for i in range(len(data))] == [
+        ("billing", "bug"), ("bug",), ("billing",), (), ("billing", "bug"),
+    ]  # fmt: skip
+    assert report.class_counts == {"billing": 3, "bug": 3}
+    assert report.rows_without_labels == 1
+    assert report.label_cardinality == pytest.approx(6 / 5)
+    assert report.label_co_occurrence == [{"labels": ["billing", "bug"], "rows": 2}]
+
+
+def test_rows_with_no_label_are_refused_unless_the_user_allows_them(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"1 rows have no label \(rows \[5\]\).*allow_empty_labels=true"):
+        _read(tmp_path, TICKETS)
+
+
+def test_jsonl_label_lists_are_label_sets(tmp_path: Path) -> None:
+    lines = [
+        {"text": "card charged twice", "labels": ["billing", "bug"]},
+        {"text": "app crashes", "labels": ["bug"]},
+        {"text": "refund please", "labels": ["billing"]},
+    ]
+    data, report = _read(tmp_path, "\n".join(json.dumps(x) for x in lines), "data.jsonl")
+    assert report.task == "multi_label" and data.label_set(0) == ("billing", "bug")
+
+
+def test_another_separator_is_read_when_named(tmp_path: Path) -> None:
+    data, _ = _read(tmp_path, "text,label\na b,x|y\nc d,y\ne f,x\n", task="multi_label", label_separator="|")
+    assert data.label_set(0) == ("x", "y")
+
+
+def test_an_unsupported_separator_is_an_arguments_error_naming_the_supported_ones() -> None:
+    from fitgate.errors import ArgumentsError
+    from training.arguments import parse_arguments
+
+    with pytest.raises(ArgumentsError, match=r"label_separator 'x' is not supported; use one of"):
+        parse_arguments({"label_separator": "x"})
+
+
+def test_single_label_files_stay_single_label(tmp_path: Path) -> None:
+    data, report = _read(tmp_path, "text,label\n" + ROWS)
+    assert not data.multi_label and report.task == "single_label"
+
+
+def test_multi_label_targets_are_a_zero_one_matrix_in_label_order(tmp_path: Path) -> None:
+    data, _ = _read(tmp_path, TICKETS, allow_empty_labels=True)
+    assert data.targets(["billing", "bug"]).tolist() == [[1, 1], [0, 1], [1, 0], [0, 0], [1, 1]]

@@ -230,3 +230,54 @@ def test_accuracy_below_the_majority_answer_and_worse_calibration_are_flagged_no
     assert not any(f.blocking for f in found)
     assert "0.680" in found[0].message and "0.920" in found[0].message
     assert serving_warnings(labels, labels, {"ece_before_calibration": 0.1, "ece_after_calibration": 0.05}) == []
+
+
+# --- multi-label: the same rules, per label --------------------------------------------------------
+
+
+def _label_predictions(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((n, 4)) < [0.4, 0.3, 0.2, 0.1]).astype(np.intp)
+    flips = rng.random(targets.shape) < 0.03
+    return targets, (targets.astype(bool) ^ flips)
+
+
+def _label_verdicts(targets: np.ndarray, decided: np.ndarray) -> dict[str, object]:
+    curve = _curve([(LN2, 0.3, LN2, 0.3), (0.2, 0.9, 0.25, 0.88)])
+    diagnosis = diagnose(curve, 10, targets, decided, targets, ["a", "b", "c", "d"], SETTINGS)
+    return {f.verdict: f for f in diagnosis.findings if f.blocking}
+
+
+def test_a_healthy_multi_label_run_passes() -> None:
+    assert _label_verdicts(*_label_predictions()) == {}
+
+
+def test_a_multi_label_label_never_predicted_is_degenerate_naming_it() -> None:
+    targets, decided = _label_predictions()
+    decided[:, 2] = False
+    found = _label_verdicts(targets, decided)
+    assert set(found) == {"degenerate"} and "'c'" in found["degenerate"].message  # type: ignore[attr-defined]
+
+
+def test_a_multi_label_label_predicted_for_every_text_is_degenerate() -> None:
+    targets, decided = _label_predictions()
+    decided[:, 3] = True
+    found = _label_verdicts(targets, decided)
+    assert "degenerate" in found and "answered for every validation text" in found["degenerate"].message  # type: ignore[attr-defined]
+
+
+def test_multi_label_answers_that_ignore_the_text_have_no_skill_against_the_per_label_prior() -> None:
+    targets, _ = _label_predictions()
+    rng = np.random.default_rng(5)
+    guesses = rng.random(targets.shape) < targets.mean(axis=0)  # each label at its prior, text unread
+    assert "no_skill" in _label_verdicts(targets, guesses)
+
+
+def test_a_multi_label_label_with_too_few_validation_rows_is_named_as_a_warning() -> None:
+    targets, decided = _label_predictions()
+    targets[:, 3] = 0
+    targets[:2, 3] = 1
+    curve = _curve([(LN2, 0.3, LN2, 0.3), (0.2, 0.9, 0.25, 0.88)])
+    diagnosis = diagnose(curve, 10, targets, decided, targets, ["a", "b", "c", "d"], SETTINGS)
+    thin = [f for f in diagnosis.findings if f.verdict == "insufficient_validation"]
+    assert thin and not thin[0].blocking and thin[0].evidence["classes"] == ["d"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
+from training import evaluation
 from training.decision import decide, softmax
 from training.evaluation import (
     confusion,
@@ -75,3 +76,51 @@ def test_decision_rule_stays_plain_argmax_when_that_is_already_best() -> None:
     labels = np.array([0, 1] * 50)
     logits = np.stack([np.where(labels == 0, 3.0, -3.0), np.zeros(100)], axis=1)
     assert not tune_class_bias(logits, labels, 1.0, np.array([0.5, 0.5])).any()
+
+
+# --- multi-label --------------------------------------------------------------------------------
+
+
+def test_label_f1_micro_and_macro_equal_scikit_learns() -> None:
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    targets = (rng.random((200, 6)) < [0.5, 0.3, 0.1, 0.05, 0.0, 0.2]).astype(np.intp)
+    decided = rng.random((200, 6)) < 0.2
+    assert evaluation.label_macro_f1(targets, decided) == pytest.approx(
+        f1_score(targets, decided, average="macro", zero_division=0)
+    )
+    assert evaluation.label_micro_f1(targets, decided) == pytest.approx(
+        f1_score(targets, decided, average="micro", zero_division=0)
+    )
+
+
+def test_per_label_thresholds_move_only_where_a_label_has_the_support_and_the_gain() -> None:
+    rng = np.random.default_rng(1)
+    n = 400
+    targets = np.zeros((n, 3), dtype=np.intp)
+    targets[:, 0] = rng.random(n) < 0.3
+    targets[:, 1] = rng.random(n) < 0.3
+    targets[:3, 2] = 1  # too few positives for a threshold of its own
+    probabilities = np.full((n, 3), 0.05)
+    probabilities[:, 0] = np.where(targets[:, 0] == 1, 0.8, 0.6)  # separable only above 0.6
+    probabilities[:, 1] = np.where(targets[:, 1] == 1, 0.3, 0.1)  # separable only below 0.3
+    thresholds = evaluation.tune_label_thresholds(probabilities, targets)
+    decided = probabilities >= thresholds
+    assert evaluation.label_f1(targets[:, :2], decided[:, :2]) == pytest.approx([1.0, 1.0])
+    assert 0.6 < thresholds[0] <= 0.8 and 0.1 < thresholds[1] <= 0.3
+    assert thresholds[2] in (thresholds[0], thresholds[1])  # the shared threshold: three rows would overfit one
+
+
+def test_label_temperatures_sharpen_under_confident_logits() -> None:
+    rng = np.random.default_rng(2)
+    targets = (rng.random((1000, 2)) < 0.4).astype(np.intp)
+    logits = np.where(targets == 1, 0.5, -0.5) + rng.normal(0, 0.05, targets.shape)  # right, but timid
+    temperatures = evaluation.fit_label_temperatures(logits, targets)
+    assert (temperatures < 0.5).all()
+
+
+def test_label_calibration_error_is_zero_for_frequencies_that_match_and_large_when_they_do_not() -> None:
+    targets = np.array([[1], [0], [1], [0]])
+    assert evaluation.label_calibration_errors(np.full((4, 1), 0.5), targets)[0] == pytest.approx(0.0)
+    assert evaluation.label_calibration_errors(np.full((4, 1), 0.95), targets)[0] == pytest.approx(0.45)

@@ -19,8 +19,9 @@ from training.encoding import Encoded
 from training.loop import fine_tune
 from training.modeling import load_classifier, load_tokenizer
 from training.progress import Progress
+from training.scoring import EvaluationConfig, score
 from training.splits import load_splits
-from training.tasks.single_label import EvaluationConfig, score
+from training.tasks.single_label import SingleLabel
 
 CPU = EvaluationConfig(batch_size=64, pad_id=0, device=torch.device("cpu"), autocast=None)
 
@@ -109,8 +110,8 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_checkpoint(
     tokenizer = load_tokenizer(str(tmp_path / "run" / "model"))
     model = load_classifier(str(tmp_path / "run" / "model"), ["x", "y"], dropout=None, seed=0)
     ids = [tokenizer(t, truncation=True, max_length=32)["input_ids"] for t in splits.validation.texts]
-    labels = [["x", "y"].index(x) for x in splits.validation.labels]
-    _, loss = score(model, Encoded(ids, labels), CPU)
+    targets = splits.validation.targets(["x", "y"])
+    loss = SingleLabel().evaluation_loss(score(model, Encoded(ids, targets), CPU), targets)
     assert loss == pytest.approx(best.val_loss, abs=1e-4)
 
 

@@ -115,3 +115,31 @@ def test_excluded_rows_leave_training_only_and_the_report_counts_them(tmp_path: 
     assert cleaned.train.rows == plain.train.rows[7:]
     assert cleaned.validation.rows == plain.validation.rows
     assert plain.test is not None and cleaned.test is not None and cleaned.test.rows == plain.test.rows
+
+
+def _multi_label(rows: list[tuple[str, str]]) -> LabelledData:
+    return LabelledData([t for t, _ in rows], [y for _, y in rows], multi_label=True)
+
+
+def test_multi_label_rows_are_dealt_by_their_rarest_label_and_a_label_too_rare_to_share_stays_in_training() -> None:
+    rows = [(f"common {i}", "common") for i in range(60)] + [(f"both {i}", "common;rare") for i in range(20)]
+    rows += [("the only one", "common;singleton")]
+    splits = split_data(_multi_label(rows), validation_size=0.1, test_size=0.1, seed=0)
+    assert "singleton" in splits.train.label_names() and "singleton" not in splits.validation.label_names()
+    assert "rare" in splits.validation.label_names() and splits.test is not None and "rare" in splits.test.label_names()
+    assert splits.train.multi_label and splits.validation.multi_label
+
+
+def test_the_report_names_multi_label_labels_too_rare_to_learn_or_validate(tmp_path: Path) -> None:
+    rows = [(f"common text {i}", "common") for i in range(200)] + [(f"rare text {i}", "rare;common") for i in range(3)]
+    path = write_csv(tmp_path / "data.csv", rows)
+    _, report = load_splits(path, _args())
+    assert report.task == "multi_label"
+    assert report.labels_not_learnable == ["rare"] and report.labels_not_validated == ["rare"]
+
+
+def test_a_multi_label_label_only_in_the_validation_file_is_a_data_error(tmp_path: Path) -> None:
+    train = write_csv(tmp_path / "train.csv", [(f"text {i}", "a;b" if i % 2 else "a") for i in range(40)])
+    validation = write_csv(tmp_path / "val.csv", [("hello", "a"), ("where", "a;lost")])
+    with pytest.raises(DataError, match=r"\['lost'\] appear in the validation/test data but never in training"):
+        load_splits(train, _args(), validation_path=validation)

@@ -1,7 +1,9 @@
 // The start page: sign in, check a file before training (POST /finetune/validate), start, list jobs.
 import { api, baseModelSection, clear, el, fmt, setToken, showError, showIdentity, table, token, when } from "./console.js";
 
-const OPTIONS = ["base_model", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "max_length", "class_weighting", "label_audit", "remedy_attempts", "clean_flagged_rows"];
+// options the dry run depends on: changing one reads the file again
+const RECHECK = new Set(["base_model", "task", "label_separator", "allow_empty_labels"]);
+const OPTIONS = ["task", "label_separator", "allow_empty_labels", "base_model", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "max_length", "class_weighting", "label_audit", "remedy_attempts", "clean_flagged_rows"];
 const FINAL = ["succeeded", "blocked", "failed", "cancelled"];
 let schema = {};
 let columns = { text_column: null, label_column: null };
@@ -28,14 +30,15 @@ function optionInput(name) {
   const type = spec.type || (spec.anyOf || []).map((s) => s.type).find((t) => t && t !== "null");
   if (enumValues.length) {
     const automatic = spec.default === null ? el("option", { value: "", selected: true, text: "choose the one that reads my text" }) : null;
-    input = el("select", { id, name, onchange: name === "base_model" ? () => checkFile() : null }, automatic, enumValues.map((v) => el("option", { value: v, selected: v === spec.default, text: v })));
+    input = el("select", { id, name, onchange: RECHECK.has(name) ? () => checkFile() : null }, automatic, enumValues.map((v) => el("option", { value: v, selected: v === spec.default, text: v })));
   } else if (type === "boolean") {
-    input = el("input", { id, name, type: "checkbox", checked: spec.default === true });
+    input = el("input", { id, name, type: "checkbox", checked: spec.default === true, onchange: RECHECK.has(name) ? () => checkFile() : null });
   } else {
     input = el("input", {
       id, name, type: "text", inputmode: type === "integer" || type === "number" ? "decimal" : null,
       value: spec.default === null || spec.default === undefined ? "" : String(spec.default),
       placeholder: spec.default === null ? "server default" : null,
+      onchange: RECHECK.has(name) ? () => checkFile() : null,
     });
   }
   input.dataset.type = type || "string";
@@ -102,8 +105,27 @@ function renderCheck(check) {
     node.append(el("p", { class: "hint" }, "Conflicting: ", check.conflicting_examples.join(" · ")));
   }
   if (check.base_model) node.append(baseModelSection(check.base_model));
+  if (check.task === "multi_label") {
+    node.append(multiLabelSection(check));
+    return;
+  }
   const total = Object.values(check.class_counts).reduce((a, b) => a + b, 0);
   node.append(table(["class", "rows", "share"], Object.entries(check.class_counts).map(([label, n]) => [label, n, `${((100 * n) / total).toFixed(1)}%`]), { caption: "Class distribution", numeric: [1, 2] }));
+}
+
+function multiLabelSection(check) {
+  const rows = check.rows_kept;
+  const notLearnable = new Set(check.labels_not_learnable);
+  const notValidated = new Set(check.labels_not_validated);
+  const status = (label) => (notLearnable.has(label) ? "too rare to learn well; kept, shared threshold, not judged by the gate" : notValidated.has(label) ? "too few validation rows: shared threshold, not judged by the gate" : "learned and validated");
+  return el("section", { id: "multi-label" },
+    el("p", { id: "label-cardinality" }, "Multi-label: ", el("strong", { text: `${check.label_cardinality.toFixed(2)} labels per text` }),
+      ` on average; ${check.rows_without_labels} texts with no label; ${Object.keys(check.class_counts).length} labels.`),
+    table(["label", "texts", "share of texts", "status"], Object.entries(check.class_counts).map(([label, n]) => [label, n, `${((100 * n) / rows).toFixed(1)}%`, status(label)]), { caption: "Labels", numeric: [1, 2] }),
+    check.label_co_occurrence.length
+      ? table(["labels together", "texts"], check.label_co_occurrence.map((pair) => [pair.labels.join(" + "), pair.rows]), { caption: "Most frequent label pairs", numeric: [1] })
+      : el("p", { class: "hint", text: "No text carries two labels." }),
+  );
 }
 
 async function checkFile() {

@@ -140,6 +140,10 @@ function renderMetrics(report) {
   for (const split of ["test", "validation"]) {
     const scores = report[split];
     if (!scores || !scores.per_class) continue;
+    if (report.task === "multi_label") {
+      node.append(multiLabelScores(report, split, scores));
+      break;
+    }
     node.append(
       el("h3", { text: `Per class, on the ${split} split` }),
       table(["class", "precision", "recall", "F1", "rows"], scores.per_class.map((c) => [c.label, fmt(c.precision), fmt(c.recall), fmt(c.f1), c.support]), { numeric: [1, 2, 3, 4] }),
@@ -147,6 +151,16 @@ function renderMetrics(report) {
     );
     break; // the test split when it was scored, else validation
   }
+}
+
+function multiLabelScores(report, split, scores) {
+  const thresholds = report.thresholds || [];
+  const ece = scores.ece_per_label || [];
+  return el("section", { id: "per-label" },
+    el("h3", { text: `Per label, on the ${split} split` }),
+    table(["label", "precision", "recall", "F1", "texts", "threshold", "ECE"], scores.per_class.map((c, i) => [c.label, fmt(c.precision), fmt(c.recall), fmt(c.f1), c.support, thresholds[i] === undefined ? "" : fmt(thresholds[i]), ece[i] === undefined ? "" : fmt(ece[i])]), { numeric: [1, 2, 3, 4, 5, 6] }),
+    el("p", { id: `${split}-summary` }, `macro-F1 ${fmt(scores.macro_f1)} over labels, micro-F1 ${fmt(scores.micro_f1)}, subset accuracy ${fmt(scores.accuracy)}, Hamming loss ${fmt(scores.hamming_loss)}; mean calibration error (ECE) per label ${fmt(scores.ece_before_calibration)} before, ${fmt(scores.ece_after_calibration)} after calibration. A label is answered when its probability reaches its threshold, tuned on validation.`),
+  );
 }
 
 async function renderPlots() {

@@ -41,6 +41,15 @@ async function tryIt(event) {
   try {
     const answer = await api("/predict", { method: "POST", json: { texts: [text], model, version: document.getElementById("try-version").value || null } });
     const p = answer.predictions[0];
+    if (p.labels) {  // a multi-label model: every label at or above its threshold
+      const answered = new Set(p.labels);
+      out.append(
+        el("p", { class: "answer" }, p.labels.length ? "Labels " : "No label reached its threshold", el("strong", { id: "try-labels", text: p.labels.join(", ") }), ` with confidence `, el("strong", { id: "try-confidence", text: p.confidence.toFixed(3) }),
+          ` (${answer.model}, version ${answer.version})`, p.truncated ? "; the text was cut at the model's max_length" : ""),
+        table(["label", "probability", "answered"], Object.entries(p.probabilities).sort((a, b) => b[1] - a[1]).map(([label, prob]) => [label, fmt(prob), answered.has(label) ? "yes" : ""]), { caption: "Label probabilities", numeric: [1] }),
+      );
+      return;
+    }
     out.append(
       el("p", { class: "answer" }, "Label ", el("strong", { id: "try-label", text: p.label }), ` with confidence `, el("strong", { id: "try-confidence", text: p.confidence.toFixed(3) }),
         ` (${answer.model}, version ${answer.version})`, p.truncated ? "; the text was cut at the model's max_length" : ""),

@@ -10,7 +10,8 @@ import torch
 from tests.conftest import keyword_rows
 from training.encoding import Encoded
 from training.modeling import load_classifier, load_tokenizer
-from training.tasks.single_label import EvaluationConfig, evaluate, minority_classes, score
+from training.scoring import EvaluationConfig, evaluate, score
+from training.tasks.single_label import SingleLabel, minority_classes
 
 CPU = EvaluationConfig(batch_size=64, pad_id=0, device=torch.device("cpu"), autocast=None)
 
@@ -20,14 +21,16 @@ def test_evaluate_scores_validation_and_the_training_subset_in_eval_mode(tiny_mo
     model.train()
     tokenizer = load_tokenizer(str(tiny_model_dir))
     texts, labels = zip(*keyword_rows(40), strict=True)
-    data = Encoded([tokenizer(t)["input_ids"] for t in texts], [["ham", "spam"].index(x) for x in labels])
-    point = evaluate(model, data, data.subset([0, 1, 2]), CPU, step=7, epoch=0.5, learning_rate=1e-3)
-    again = evaluate(model, data, data.subset([0, 1, 2]), CPU, step=7, epoch=0.5, learning_rate=1e-3)
+    targets = np.array([["ham", "spam"].index(x) for x in labels])
+    data = Encoded([tokenizer(t)["input_ids"] for t in texts], targets)
+    task = SingleLabel()
+    point = evaluate(model, task, data, data.subset([0, 1, 2]), CPU, step=7, epoch=0.5, learning_rate=1e-3)
+    again = evaluate(model, task, data, data.subset([0, 1, 2]), CPU, step=7, epoch=0.5, learning_rate=1e-3)
     assert point == again  # dropout is off while scoring, so scores are repeatable
     assert model.training  # and the model is handed back in training mode
-    logits, loss = score(model, data, CPU)
-    assert point.val_loss == loss and logits.shape == (40, 2)
-    assert point.val_accuracy == float((logits.argmax(1) == np.array(data.labels)).mean())
+    logits = score(model, data, CPU)
+    assert point.val_loss == task.evaluation_loss(logits, targets) and logits.shape == (40, 2)
+    assert point.val_accuracy == float((logits.argmax(1) == targets).mean())
     assert (point.step, point.epoch, point.learning_rate, point.train_loss) == (7, 0.5, 1e-3, None)
     assert point.peak_gpu_memory_mb is None  # on CPU
 
