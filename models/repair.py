@@ -31,6 +31,7 @@ from models.gate import Released, diagnose_and_record, release
 from models.names import ModelName
 from models.registry import Registry
 from training.arguments import TrainingArguments
+from training.audit import LABEL_SET_SEPARATOR
 from training.base_models import BaseModels
 from training.checkpoint import checkpoint_arguments
 from training.diagnosis import Diagnosis
@@ -147,14 +148,19 @@ def flagged_training_rows(run: RunDirectory) -> list[dict[str, str]]:
     counts = dict(zip(report["label_names"], report["train_class_counts"], strict=True))
     taken: dict[str, int] = {}
     rows = []
+    multi_label = run.multi_label
     with path.open(newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            label = row["given_label"]
-            if row["split"] != "train" or not row["row"] or label not in counts:
+            # a multi-label row counts against each of its labels (none: it cannot empty a label)
+            labels = (
+                [x for x in row["given_label"].split(LABEL_SET_SEPARATOR) if x] if multi_label else [row["given_label"]]
+            )
+            if row["split"] != "train" or not row["row"] or any(label not in counts for label in labels):
                 continue
-            if taken.get(label, 0) + 1 > MAX_DROPPED_SHARE_OF_CLASS * counts[label]:
+            if any(taken.get(label, 0) + 1 > MAX_DROPPED_SHARE_OF_CLASS * counts[label] for label in labels):
                 continue
-            taken[label] = taken.get(label, 0) + 1
+            for label in labels:
+                taken[label] = taken.get(label, 0) + 1
             rows.append(row)
     return rows
 

@@ -220,6 +220,23 @@ def healthy_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
 
 
 @pytest.fixture(scope="session")
+def multi_label_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A healthy multi-label run: ticket topics (billing, bug, account), several per ticket."""
+    tmp = tmp_path_factory.mktemp("multi-label")
+    data = write_csv(tmp / "train.csv", ticket_rows(600))
+    args = TrainingArguments(
+        base_model=str(tiny_model_dir),
+        learning_rate=5e-3,
+        num_train_epochs=20,
+        early_stopping_patience=4,
+        train_eval_size=100,
+        max_length=32,
+    )
+    fine_tune(data, tmp / "run", args)
+    return tmp / "run"
+
+
+@pytest.fixture(scope="session")
 def underfit_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
     return _run(tmp_path_factory.mktemp("underfit"), tiny_model_dir, learning_rate=1e-7, num_train_epochs=1)
 

@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from fitgate.errors import DataError, DataFormatError
 from fitgate.json_input import load_json
 from fitgate.texts import same_text_key, unreadable_reason
+from training.arguments import LABEL_SEPARATORS
 
 TEXT_COLUMN_NAMES = ("text", "sentence", "content", "message", "body", "utterance", "query", "review", "document")
 LABEL_COLUMN_NAMES = ("label", "labels", "class", "category", "intent", "target", "tag", "sentiment")
@@ -297,6 +298,7 @@ def validate_rows(
         task == "auto" and any(label_separator in cell or _json_list(cell) is not None for cell in cells)
     )
     if multi:
+        _check_separator(cells, label_separator)
         return _validate_multi_label(
             rows, text_col, label_col, label_separator, allow_empty_labels, max_text_chars, max_empty_share
         )
@@ -423,6 +425,20 @@ def _json_list(cell: str) -> list[str] | None:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         return None
     return [v.strip() for v in value]
+
+
+def _check_separator(cells: list[str], separator: str) -> None:
+    """A multi-label file whose cells never hold the separator, but do hold another one, names the one it uses."""
+    if any(separator in cell or _json_list(cell) is not None for cell in cells):
+        return
+    used = [
+        s for s in LABEL_SEPARATORS if s != separator and sum(s in cell for cell in cells) >= max(1, len(cells) // 20)
+    ]
+    if used:
+        raise DataError(
+            f"no label cell holds the separator {separator!r}, but {sum(used[0] in c for c in cells)} cells hold "
+            f"{used[0]!r}: set label_separator to {used[0]!r} if that joins several labels"
+        )
 
 
 def parse_label_set(cell: str, separator: str) -> tuple[str, ...]:

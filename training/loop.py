@@ -110,11 +110,12 @@ def fine_tune(
     )
     modeling.freeze_lower_layers(model, args.freeze_layers)
     modeling.freeze_word_embeddings(model, args.freeze_word_embeddings)
+    counts = task.class_counts(data.train.targets, len(data.label_names))
+    task.initialize_head(cast(torch.nn.Module, model), counts, len(data.train))
     cast(torch.nn.Module, model).to(device)  # in place; transformers types .to() by its dtype overload only
     model.train()
 
     # optimizer, schedule, loss
-    counts = task.class_counts(data.train.targets, len(data.label_names))
     objective, weights = task.loss(counts, len(data.train), args, device)
     augment_classes = task.minority_classes(counts, args.augment_below_share_of_largest) if args.augment else None
     sampling_classes = task.sampling_classes(data.train.targets)

@@ -14,18 +14,20 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+import torch
 from sqlalchemy import event
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from fitgate.errors import BundleCorrupt, DiskFull, ExportError, GateBlocked, ModelNotFound, RegistryConflict
 from fitgate.settings import Settings
 from models import export
-from models.bundle import load_spec, verify_manifest
+from models.bundle import SPEC, load_spec, verify_manifest, write_manifest
 from models.export import export_onnx
 from models.gate import release
 from models.names import ModelName
 from models.registry import open_registry
 from models.runtime import OnnxClassifier
+from training.decision import sigmoid
 from training.rundir import RunDirectory
 
 NAME = ModelName.parse("team-a/spam")
@@ -305,3 +307,63 @@ def test_a_really_full_volume_during_export_leaves_nothing_behind(
     assert isinstance(excinfo.value.__cause__, failed_write)
     assert shutil.disk_usage(small_volume).free >= free_before - 64 * 1024  # every partial file was removed
     assert_only_the_previous_version_exists_and_serves(settings, one_version[1], run)
+
+
+# --- a multi-label run through the same gate, exporter and runtime ----------------------------------------
+
+
+def test_a_multi_label_run_exports_a_sigmoid_graph_that_matches_pytorch(
+    multi_label_run: Path, settings: Settings
+) -> None:
+    name = ModelName.parse("team-a/tickets")
+    registry = open_registry(settings)
+    released = release(multi_label_run, name, settings, registry, promote=True)
+    assert released.diagnosis.passed, released.diagnosis.summary()
+    spec = load_spec(registry.bundle_path(name))
+    run = RunDirectory.open(multi_label_run)
+    assert spec.multi_label and spec.labels == ["account", "billing", "bug"]
+    assert spec.thresholds == run.report["thresholds"] and len(spec.label_temperatures) == 3
+    # parity: every label's decision alike on every validation row, probabilities within 1e-4 of PyTorch's
+    assert spec.parity["argmax_agreement"] >= 0.999 and spec.parity["max_abs_probability_diff"] <= 1e-4
+    assert "val_micro_f1_fp32" in spec.quantization or not spec.quantization["kept"]
+
+    classifier = OnnxClassifier(registry.bundle_path(name), precision="fp32")
+    classifier.load()
+    model = AutoModelForSequenceClassification.from_pretrained(run.model_dir).eval()
+    assert model.config.problem_type == "multi_label_classification"
+    texts = run.validation.texts[:50]
+    served = classifier.predict(texts)
+    tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
+    with torch.no_grad():
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+        logits = model(**batch).logits.numpy()
+    expected = sigmoid(logits, spec.label_temperatures)
+    assert np.abs(served.probabilities - expected).max() < 1e-4
+    assert (served.decided == (expected >= np.array(spec.thresholds))).all()  # the thresholds, applied at serving
+    answers = served.answers()
+    assert all(sorted(a.labels) == a.labels and set(a.probabilities) == set(spec.labels) for a in answers)  # type: ignore[union-attr]
+
+
+def test_per_label_thresholds_in_the_bundle_decide_what_the_runtime_answers(
+    multi_label_run: Path, settings: Settings
+) -> None:
+    name = ModelName.parse("team-a/tickets")
+    registry = open_registry(settings)
+    release(multi_label_run, name, settings, registry, promote=True)
+    bundle = registry.bundle_path(name)
+    classifier = OnnxClassifier(bundle)
+    classifier.load()
+    text = ["refund for the crash please"]
+    before = classifier.predict(text)
+    answered = int(np.flatnonzero(before.decided[0])[0])
+    # a copy of the bundle whose threshold for an answered label is above any probability: no longer answered
+    copy = settings.data_dir / "copy"
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("model.yaml"))  # BentoML's, written after the manifest
+    spec = json.loads((copy / SPEC).read_text())
+    spec["thresholds"][answered] = 1.01
+    (copy / SPEC).write_text(json.dumps(spec))
+    write_manifest(copy)
+    moved = OnnxClassifier(copy)
+    moved.load()
+    after = moved.predict(text)
+    assert not after.decided[0, answered] and after.probabilities[0, answered] == before.probabilities[0, answered]

@@ -59,6 +59,10 @@ UPLOADS: list[tuple[str, str, bytes, int, str]] = [
     ("ragged rows", "d.csv", ("text,label\n" + _rows(50) + "a,b,c,d\n").encode(), 422, "row 52 has 4 fields"),
     ("every text empty", "d.csv", ("text,label\n" + "".join(f",{'ab'[i % 2]}\n" for i in range(50))).encode(), 422,
      "have an empty text"),
+    ("multi-label rows with no label", "d.csv", ("text,label\n" + _rows(60, ("a;b", "a", ""))).encode(), 422,
+     "allow_empty_labels=true"),
+    ("multi-label rows all with the one label", "d.csv", ("text,label\n" + _rows(60, ("a;a", "a"))).encode(), 422,
+     "every row has the one label 'a'"),
     ("JSONL that is not JSON", "d.jsonl", b'{"text": "a", "label": "x"}\nnot json\n', 422, "line 2 is not valid JSON"),
     ("over the size limit", "d.csv", b"text,label\n" + b"y" * (MAX_UPLOAD + 1000), 413, "FITGATE_MAX_UPLOAD_BYTES"),
     ("an executable", "d.exe", b"MZ\x90\x00", 422, "upload a .csv, .tsv or .jsonl file"),
@@ -83,6 +87,8 @@ FORMS: list[tuple[str, dict[str, str], int, str]] = [
     ("an unknown parameter", {"model_name": "team-a/x", "parameters": '{"learning_rat": 0.1}'}, 422, "learning_rat"),
     ("a parameter out of range", {"model_name": "team-a/x", "parameters": '{"learning_rate": 5}'}, 422,
      "learning_rate"),
+    ("an unsupported label separator", {"model_name": "team-a/x", "parameters": '{"label_separator": "x"}'}, 422,
+     "label_separator 'x' is not supported"),
     ("a server path as base_model", {"model_name": "team-a/x", "parameters": '{"base_model": "/etc"}'}, 422,
      "unknown base_model"),
 ]  # fmt: skip
@@ -152,6 +158,13 @@ def test_bad_upload_forms(server: Server, case: str, form: dict[str, str], statu
     good = ("text,label\n" + _rows(60)).encode()
     r = httpx.post(f"{server.url}/finetune", headers=bearer("team-a"), files={"file": ("d.csv", good)}, data=form)
     _check(server, r, status, words)
+
+
+def test_multi_label_cells_joined_by_another_separator_than_named_say_which_to_set(server: Server) -> None:
+    piped = ("text,label\n" + _rows(60, ("a|b", "a", "b"))).encode()
+    r = httpx.post(f"{server.url}/finetune", headers=bearer("team-a"), files={"file": ("d.csv", piped)},
+                   data={"model_name": "team-a/x", "parameters": '{"task": "multi_label"}'})  # fmt: skip
+    _check(server, r, 422, "set label_separator to '|'")
 
 
 def test_json_instead_of_multipart(server: Server) -> None:

@@ -17,7 +17,7 @@ from fitgate.settings import Settings
 from models.gate import release
 from models.names import ModelName
 from models.registry import open_registry
-from tests.conftest import keyword_rows, write_csv
+from tests.conftest import keyword_rows, ticket_rows, write_csv
 from tests.service.conftest import Server, bearer, make_server
 
 pytestmark = pytest.mark.slow
@@ -65,6 +65,50 @@ def test_upload_trains_gates_registers_and_serves(server: Server, tmp_path: Path
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     models = httpx.get(f"{server.url}/models", headers=bearer("team-a")).json()
     assert [(m["model"], m["current"], m["verdict"]) for m in models] == [("team-a/spam", True, "passed")]
+
+
+def test_a_multi_label_upload_trains_and_serves_several_labels_with_their_scores(
+    server: Server, tmp_path: Path
+) -> None:
+    csv = write_csv(tmp_path / "tickets.csv", ticket_rows(600))
+    parameters = '{"num_train_epochs": 20, "learning_rate": 0.005, "max_length": 32, "early_stopping_patience": 4}'
+    with csv.open("rb") as f:
+        checked = httpx.post(
+            f"{server.url}/finetune/validate", headers=bearer("team-a"), files={"file": ("tickets.csv", f)},
+            data={"parameters": parameters}, timeout=60,
+        ).json()  # fmt: skip
+    assert checked["accepted"] and checked["task"] == "multi_label"
+    assert set(checked["class_counts"]) == {"account", "billing", "bug"} and checked["label_cardinality"] > 1
+    assert checked["label_co_occurrence"] and checked["rows_without_labels"] == 0
+    with csv.open("rb") as f:
+        r = httpx.post(
+            f"{server.url}/finetune", headers=bearer("team-a"), files={"file": ("tickets.csv", f)},
+            data={"model_name": "team-a/tickets", "parameters": parameters}, timeout=60,
+        )  # fmt: skip
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    job = server.wait_job(job_id, {"succeeded", "blocked", "failed"}, bearer("team-a"))
+    assert job["status"] == "succeeded", job
+
+    texts = ["refund for the crash please", "password login profile", "invoice charged twice and app error"]
+    r = httpx.post(f"{server.url}/predict", json={"texts": texts, "model": "team-a/tickets"})
+    assert r.status_code == 200, r.text
+    predictions = r.json()["predictions"]
+    assert all("label" not in p and set(p["probabilities"]) == {"account", "billing", "bug"} for p in predictions)
+    assert [set(p["labels"]) for p in predictions] == [{"billing", "bug"}, {"account"}, {"billing", "bug"}]
+    assert all(0.0 <= p["confidence"] <= 1.0 for p in predictions)
+
+    report = httpx.get(f"{server.url}/jobs/{job_id}/report", headers=bearer("team-a")).json()["report"]
+    assert report["task"] == "multi_label" and len(report["thresholds"]) == 3
+    assert report["validation"]["micro_f1"] is not None and report["validation"]["confusion"] == []
+    schema = httpx.get(f"{server.url}/openapi.json", timeout=60).json()
+    assert "LabelsPredictionOut" in str(schema["components"]["schemas"])  # the answer is typed in the OpenAPI document
+    metrics = [
+        line for line in httpx.get(f"{server.url}/metrics").text.splitlines() if 'model="team-a/tickets"' in line
+    ]
+    answered_bug = [line for line in metrics if line.startswith("fitgate_predictions_total{") and 'label="bug"' in line]
+    texts_seen = [line for line in metrics if line.startswith("fitgate_multilabel_texts_total{")]
+    assert float(answered_bug[0].split()[-1]) == 2 and float(texts_seen[0].split()[-1]) == 3  # per-label positive rate
 
 
 def test_a_blocked_job_says_why_and_deploys_nothing(server: Server, tmp_path: Path) -> None:

@@ -65,6 +65,9 @@ class Task(ABC):
     ) -> SplitScores:
         """The final scores of the model under ``rule`` on one split."""
 
+    def initialize_head(self, model: torch.nn.Module, counts: NDArray[np.intp], rows: int) -> None:  # noqa: B027
+        """Set the new head's starting point from the training labels (the default: leave it as initialized)."""
+
     def minority_classes(self, counts: NDArray[np.intp], share_of_largest: float) -> frozenset[int]:
         """Classes whose training rows random augmentation may target (none for a task that cannot tell)."""
         return frozenset()

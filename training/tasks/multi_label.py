@@ -19,17 +19,22 @@ from training.rundir import SplitScores
 from training.tasks.base import Loss, Task
 
 MAX_POSITIVE_WEIGHT = 10.0  # cap of a rare label's positive weight: beyond it the loss chases a handful of rows
+MAX_INVERSE_POSITIVE_WEIGHT = 100.0  # class_weighting "inverse" (the repair's stronger dose): the full ratio, capped
 
 
-def positive_weights(counts: NDArray[np.intp], rows: int) -> NDArray[np.float64]:
+def positive_weights(counts: NDArray[np.intp], rows: int, inverse: bool = False) -> NDArray[np.float64]:
     """Per-label weight of a positive in BCE: the square root of negatives per positive, from 1 up to the cap.
 
     The full ratio (thousands for a label on five rows) makes a rare label's few positives dominate
     every batch; its square root still lifts recall where a label is rare, and the threshold tuned
-    on validation takes care of the rest.
+    on validation takes care of the rest. ``inverse`` (class_weighting "inverse", the repair's dose
+    for a label the model never answers) is the full ratio, capped at :data:`MAX_INVERSE_POSITIVE_WEIGHT`.
     """
     positives = np.maximum(counts.astype(np.float64), 1.0)
-    return np.clip(np.sqrt((rows - positives) / positives), 1.0, MAX_POSITIVE_WEIGHT)
+    ratio = (rows - positives) / positives
+    if inverse:
+        return np.clip(ratio, 1.0, MAX_INVERSE_POSITIVE_WEIGHT)
+    return np.clip(np.sqrt(ratio), 1.0, MAX_POSITIVE_WEIGHT)
 
 
 class MultiLabel(Task):
@@ -43,13 +48,25 @@ class MultiLabel(Task):
     def loss(
         self, counts: NDArray[np.intp], rows: int, args: TrainingArguments, device: torch.device
     ) -> tuple[Loss, list[float] | None]:
-        weights = positive_weights(counts, rows) if args.class_weighting != "none" else None
+        weighting = args.class_weighting
+        weights = positive_weights(counts, rows, inverse=weighting == "inverse") if weighting != "none" else None
         pos_weight = torch.tensor(weights, dtype=torch.float32, device=device) if weights is not None else None
 
         def bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             return F.binary_cross_entropy_with_logits(logits.float(), targets, pos_weight=pos_weight)
 
         return bce, weights.tolist() if weights is not None else None
+
+    def initialize_head(self, model: torch.nn.Module, counts: NDArray[np.intp], rows: int) -> None:
+        """Start each label's bias at the log-odds of its training prior (Lin et al. 2017, the focal-loss paper's
+        prior initialization), so the first steps learn the texts instead of pushing 90 labels from 0.5 down to
+        their few percent; a linear head the model does not expose as ``classifier`` is left as it is."""
+        head = getattr(model, "classifier", None)
+        if not isinstance(head, torch.nn.Linear) or head.bias is None:
+            return
+        prior = np.clip(counts / max(rows, 1), 1e-4, 1 - 1e-4)
+        with torch.no_grad():
+            head.bias.copy_(torch.from_numpy(np.log(prior / (1 - prior))).to(head.bias))
 
     def batch_targets(self, targets: NDArray[np.intp]) -> torch.Tensor:
         return torch.from_numpy(targets.astype(np.float32))
