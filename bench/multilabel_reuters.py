@@ -57,6 +57,10 @@ THRESHOLD = 0.5  # both baselines' documented default: a topic is predicted when
 MAX_LENGTH = 128  # the Trainer arm's truncation
 QUICK_TRAIN_ROWS, QUICK_TEST_ROWS, QUICK_SEED = 1500, 500, 0
 TFIDF_C_GRID = (1.0, 10.0, 100.0)
+VARIANT_HELP = (
+    "JSON training arguments over fitgate's defaults for the fitgate arm, a variant kept as its own row "
+    """(e.g. '{"learning_rate": 3e-4}')"""
+)
 SEPARATOR = ";"  # between the topics of one story in the label column (datasets/README.md)
 
 
@@ -234,7 +238,8 @@ def run_fitgate(train_csv: Path, test_csv: Path, labels: list[str], work: Path, 
     from training.scoring import EvaluationConfig, score
 
     shorter: dict[str, Any] = {"num_train_epochs": 1} if quick else {}
-    args = TrainingArguments(allow_empty_labels=True, test_size=0.0, **shorter)
+    overrides = json.loads(os.environ.get("FITGATE_BENCH_ARGUMENTS") or "{}")  # a variant: --fitgate-arguments
+    args = TrainingArguments.model_validate({"allow_empty_labels": True, "test_size": 0.0, **shorter, **overrides})
     started = time.perf_counter()
     result = fine_tune(train_csv, work / "run", args)
     train_seconds = time.perf_counter() - started
@@ -252,6 +257,7 @@ def run_fitgate(train_csv: Path, test_csv: Path, labels: list[str], work: Path, 
         to_all_topics(decided, np.array(trained), len(labels)),
         train_seconds,
         {
+            "arguments": overrides,
             "loop_seconds": result.train_seconds,
             "epochs_run": result.curves[-1].epoch,
             "best_epoch": next(p.epoch for p in result.curves if p.step == result.best_step),
@@ -398,12 +404,15 @@ def main() -> None:
     parser.add_argument(
         "--train-rows", type=int, default=None, help="a seeded sample of this many training stories (full test file)"
     )
+    parser.add_argument("--fitgate-arguments", default=None, help=VARIANT_HELP)
     parser.add_argument("--out", type=Path, default=OUT, help="results path without suffix: writes .json and .md")
     parser.add_argument("--render", action="store_true", help="only rewrite the .md from the JSON in --out")
     parser.add_argument(
         "--append", action="store_true", help="keep the arms already in --out; a rerun replaces its row"
     )
     ns = parser.parse_args()
+    if ns.fitgate_arguments:
+        os.environ["FITGATE_BENCH_ARGUMENTS"] = ns.fitgate_arguments
     if ns.render:  # a run stopped early: its JSON has every finished arm
         result = json.loads(ns.out.with_suffix(".json").read_text())
         write(result, ns.out)
@@ -431,7 +440,7 @@ def main() -> None:
             "machine": machine(),
         },
     ]
-    rows: list[dict[str, Any]] = [r for r in previous["arms"] if r["arm"] not in ns.arms] if previous else []
+    rows: list[dict[str, Any]] = previous["arms"] if previous else []
     ns.out.parent.mkdir(parents=True, exist_ok=True)
     labels = read_labels(LABELS_TXT)
     full_counts = read_stories(TRAIN_CSV, labels)[1].sum(axis=0)
@@ -469,15 +478,16 @@ def main() -> None:
             arm = ARMS[name](train_csv, test_csv, labels, work, ns.quick)
             wall = time.perf_counter() - started
             check_predictions(name, arm.predicted, truth, train_counts)
+            variant = ns.fitgate_arguments if name == "fitgate" and ns.fitgate_arguments else None
             row = {
-                "arm": name,
+                "arm": f"{name} {variant}" if variant else name,
                 "run": len(runs) - 1,  # which entry of "runs" measured it
                 **score(truth, arm.predicted, labels, rare),
                 "train_seconds": arm.train_seconds,
                 "wall_seconds": wall,
                 "details": arm.details,
             }
-            rows = [*(r for r in rows if r["arm"] != name), row]
+            rows = [*(r for r in rows if r["arm"] != row["arm"]), row]
             print(json.dumps({k: v for k, v in row.items() if k != "per_topic_f1"}), file=sys.stderr, flush=True)
             write({"runs": runs, "data": data, "arms": rows}, ns.out)  # after every arm: a stopped run keeps its rows
     print(ns.out.with_suffix(".md").read_text())

@@ -29,7 +29,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import CHINESE_LABELS, chinese_keyword_rows, keyword_rows, require_tool, write_csv
+from tests.conftest import CHINESE_LABELS, chinese_keyword_rows, keyword_rows, require_tool, ticket_rows, write_csv
 from tests.service.conftest import TOKENS, Server, bearer, make_server
 
 pytestmark = pytest.mark.slow  # a real browser against a real server
@@ -276,6 +276,34 @@ def test_a_product_engineer_fine_tunes_tries_promotes_and_rolls_back_in_the_brow
     urls = requested_urls(browser)
     assert any(u.endswith("/finetune/validate") for u in urls)
     assert_only_own_origin(urls, console_server)
+    assert not [e for e in browser_errors(browser) if "Content Security Policy" in e]
+
+
+def test_a_multi_label_upload_shows_its_labels_trains_and_answers_several_labels_in_the_browser(
+    console_server: Server, browser: WebDriver, tmp_path: Path
+) -> None:
+    sign_in(browser, console_server, "team-a")
+    tickets = write_csv(tmp_path / "tickets.csv", ticket_rows(600))
+    choose_file(browser, tickets, "team-a/tickets")
+    visible(browser, "#label-cardinality")
+    assert "labels per text" in text_of(browser, "#label-cardinality")
+    labels = text_of(browser, "#multi-label")
+    assert all(name in labels for name in ("account", "billing", "bug")) and "Most frequent label pairs" in labels
+    set_options(browser, {**TINY_OPTIONS, "num_train_epochs": "20", "learning_rate": "0.005"})
+    browser.find_element(By.ID, "start").click()
+    wait_for(browser).until(ec.url_contains("/console/jobs/"))
+    assert finished(browser, timeout=400) == "succeeded", text_of(browser, "#verdict")
+    metrics = text_of(browser, "#per-label")
+    assert "threshold" in metrics and "micro-F1" in metrics and "Hamming loss" in metrics
+
+    visible(browser, "#verdict a[href*='#try']")
+    browser.find_element(By.LINK_TEXT, "Try this model").click()
+    visible(browser, "#try-text").send_keys("refund for the crash please")
+    wait_for(browser).until(lambda d: Select(d.find_element(By.ID, "try-version")).first_selected_option.text)
+    browser.find_element(By.CSS_SELECTOR, "#try-form button[type=submit]").click()
+    answered = set(visible(browser, "#try-labels").text.split(", "))
+    assert answered == {"billing", "bug"}
+    assert "Label probabilities" in text_of(browser, "#try-result")
     assert not [e for e in browser_errors(browser) if "Content Security Policy" in e]
 
 
