@@ -230,9 +230,23 @@ def main() -> None:
 
 
 def write_results(out: Path, rows: list[dict[str, object]]) -> None:
+    """The rows as JSON, and beside it the table docs/BENCHMARKS.md includes."""
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d")}
     out.write_text(json.dumps({**meta, "rows": rows}, indent=2))
+    lines = [
+        f"`{meta['command']}` ({meta['date']})",
+        "",
+        "| data set | scenario | expected | verdict | met | exported epoch | train / val macro-F1 | time (s) |",
+        "|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {r['dataset']} ({r['base_model']}) | {r['scenario']} | {str(r['expected']).replace('|', ' or ')} | "
+            f"{r['verdict']} | {'yes' if r['met'] else '**no**'} | {r['exported_epoch']:g} | "
+            f"{r['train_macro_f1']:.3f} / {r['val_macro_f1']:.3f} | {r['seconds']:.0f} |"
+            for r in rows
+        ),
+    ]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     lines = [
         f"`{meta['command']}` ({meta['date']})",
         "",
