@@ -293,7 +293,7 @@ def test_a_multi_label_upload_shows_its_labels_trains_and_answers_several_labels
     browser.find_element(By.ID, "start").click()
     wait_for(browser).until(ec.url_contains("/console/jobs/"))
     assert finished(browser, timeout=400) == "succeeded", text_of(browser, "#verdict")
-    metrics = text_of(browser, "#per-label")
+    metrics = visible(browser, "#per-label").text  # drawn once the report has loaded
     assert "threshold" in metrics and "micro-F1" in metrics and "Hamming loss" in metrics
 
     visible(browser, "#verdict a[href*='#try']")
