@@ -88,6 +88,14 @@ def split_data(data: LabelledData, *, validation_size: float, test_size: float, 
                 cursor += 1
         for group in class_groups[cursor:]:
             train.extend(group)
+    if data.multi_label and (
+        (validation_size > 0 and not validation) or (test_size > 0 and not test)
+    ):  # every label too rare to share: nothing could validate the model or tune a threshold
+        raise DataError(
+            f"too few texts per label to hold out validation and test rows: all {len(data)} rows would train, "
+            f"none would judge the model; each label needs at least {needed} distinct texts (add rows, or "
+            "upload a separate validation file)"
+        )
     return Splits(
         train=_subset(data, train),
         validation=_subset(data, validation),

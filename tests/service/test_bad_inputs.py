@@ -61,6 +61,8 @@ UPLOADS: list[tuple[str, str, bytes, int, str]] = [
      "have an empty text"),
     ("multi-label rows with no label", "d.csv", ("text,label\n" + _rows(60, ("a;b", "a", ""))).encode(), 422,
      "allow_empty_labels=true"),
+    ("a multi-label file too small to split", "d.csv", b"text,label\ncard charged twice,billing;bug\napp crashes,bug\n",
+     422, "too few texts per label to hold out"),
     ("multi-label rows all with the one label", "d.csv", ("text,label\n" + _rows(60, ("a;a", "a"))).encode(), 422,
      "every row has the one label 'a'"),
     ("JSONL that is not JSON", "d.jsonl", b'{"text": "a", "label": "x"}\nnot json\n', 422, "line 2 is not valid JSON"),

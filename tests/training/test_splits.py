@@ -143,3 +143,9 @@ def test_a_multi_label_label_only_in_the_validation_file_is_a_data_error(tmp_pat
     validation = write_csv(tmp_path / "val.csv", [("hello", "a"), ("where", "a;lost")])
     with pytest.raises(DataError, match=r"\['lost'\] appear in the validation/test data but never in training"):
         load_splits(train, _args(), validation_path=validation)
+
+
+def test_a_multi_label_file_too_small_to_hold_out_any_row_is_a_data_error() -> None:
+    data = _multi_label([("card charged twice", "billing;bug"), ("app crashes", "bug"), ("refund", "billing")])
+    with pytest.raises(DataError, match="too few texts per label to hold out validation and test rows"):
+        split_data(data, validation_size=0.1, test_size=0.1, seed=0)
