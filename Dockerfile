@@ -42,6 +42,7 @@ COPY scripts/ scripts/
 COPY fitgate/ fitgate/
 COPY training/ training/
 COPY models/ models/
+COPY batch/ batch/
 COPY service/ service/
 COPY cli/ cli/
 RUN scripts/install

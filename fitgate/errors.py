@@ -23,7 +23,7 @@ turns them into JSON in one place (``service/http_errors.py``).
     ├── JobNotFound (404)          no such job, or one of another team's, or a job file not written yet
     ├── RegistryConflict (409)     the registry cannot do that now (e.g. nothing to roll back to)
     ├── JobConflict (409)          the job is in a state that does not allow this (e.g. cancel a finished one)
-    ├── TrainingCancelled (409)    the run was cancelled between two steps
+    ├── JobCancelled (409)    the run was cancelled between two steps
     ├── TooManyJobs (429)          the team has as many jobs queued or running as it may
     ├── NoModelDeployed (503)      nothing is promoted yet, so /predict has no model to answer with
     ├── ConfigurationError (500)   an operator setting is invalid (the message names it)
@@ -160,7 +160,7 @@ class JobConflict(FitgateError):
     status_code = 409
 
 
-class TrainingCancelled(FitgateError):
+class JobCancelled(FitgateError):
     """Raised at a step boundary after a cancel request; nothing is exported."""
 
     status_code = 409

@@ -122,8 +122,8 @@ class Settings(BaseSettings):
     64 MB per glibc malloc arena (set MALLOC_ARENA_MAX=2 on many-core hosts). CPU training only: CUDA
     reserves tens of GB of address space at start-up."""
     max_jobs_per_team: int = Field(4, ge=1, le=1000)
-    """Fine-tune jobs one team may have queued or running at once; more are refused (429) until one ends, so
-    no team can hold every trainer or fill the queue ahead of the others."""
+    """Jobs (fine-tunes and batch jobs) one team may have queued or running at once; more are refused (429) until
+    one ends, so no team can hold every trainer or fill the queue ahead of the others."""
     max_job_steps: int = Field(100_000, ge=1)
     """Optimizer steps one job may plan (max_steps, or epochs x batches per epoch); a request over it is refused
     at upload, before anything is stored. 100,000 steps of batch 32 is 3.2 million examples seen."""
@@ -132,6 +132,11 @@ class Settings(BaseSettings):
     this limit as the reason, and takes the next job."""
     max_upload_bytes: int = Field(50 * 2**20, ge=1024)
     """Largest upload accepted by /finetune (streamed to disk, never held in memory)."""
+    max_batch_bytes: int = Field(4 * 2**30, ge=1024)
+    """Largest file accepted by POST /batch (streamed to disk, never held in memory); the CLI reads any size."""
+    batch_chunk_rows: int = Field(4096, ge=16, le=1_000_000)
+    """Rows a batch job reads, scores and writes at a time: its memory is one chunk, and a killed job resumes
+    at its first unwritten chunk."""
     max_texts_per_request: int = Field(256, ge=1, le=100_000)
     """Texts in one /predict request."""
     max_chars_per_text: int = Field(20_000, ge=16)

@@ -14,18 +14,20 @@ import asyncio
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Annotated, Any, Literal, cast
 
 from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from fitgate.errors import InvalidRequest, JobNotFound, ModelNotFound, RunDirectoryError
+from fitgate.errors import InvalidRequest, JobConflict, JobNotFound, ModelNotFound, RunDirectoryError
 from fitgate.settings import Settings
 from fitgate.texts import unreadable_reason
 from models.names import ModelName
 from models.runtime import Answer, LabelsPrediction
 from service.auth import Caller, Role
+from service.batches import batch_output as batch_output_paths
 from service.console import SECURITY_HEADERS, add_console
 from service.core import Fitgate
 from service.http_errors import error_responses, install_error_handlers
@@ -180,6 +182,8 @@ class PointerOut(BaseModel):
     current: str = Field(description="the version now served")
 
 
+OUTPUT_MEDIA_TYPES = {"csv": "text/csv", "tsv": "text/tab-separated-values", "jsonl": "application/x-ndjson",
+                      "parquet": "application/vnd.apache.parquet"}  # fmt: skip
 PNG_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "A PNG plot."}}
 CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/csv": {}}, "description": "A CSV file with a header row."}
@@ -221,6 +225,7 @@ def create_app(settings: Settings) -> FastAPI:
             # multipart framing on top of the file; UTF-8 needs at most 4 bytes a character
             "/finetune": upload_limit,
             "/finetune/validate": upload_limit,
+            "/batch": (settings.max_batch_bytes + 64 * 1024, "FITGATE_MAX_BATCH_BYTES"),
             "/predict": (
                 4 * settings.max_chars_per_text * settings.max_texts_per_request + 64 * 1024,
                 "FITGATE_MAX_TEXTS_PER_REQUEST x FITGATE_MAX_CHARS_PER_TEXT",
@@ -297,6 +302,49 @@ def create_app(settings: Settings) -> FastAPI:
         fitgate.auth.require_model_access(caller, name)
         job = await fitgate.uploads.accept(file, name, parameters)
         return JobAccepted(job_id=job.id, status=job.status)
+
+    @app.post("/batch", status_code=202, responses=errors(404, 413, 429, 507))
+    async def batch(
+        file: Annotated[
+            UploadFile, File(description="the texts to score: CSV, TSV, JSONL or Parquet, any number of rows")
+        ],
+        model: Annotated[str, Form(description="team/name")],
+        fitgate: State,
+        caller: Annotated[Caller, caller_for("finetune")],
+        version: Annotated[
+            str | None, Form(max_length=64, description="default: the current version, pinned now")
+        ] = None,
+        parameters: Annotated[str, Form(description="JSON object: text_column, id_column, output_format")] = "{}",
+    ) -> JobAccepted:
+        """Score a whole file with one version of a model, as a job on the trainers: streamed in chunks,
+        resumed where it stopped if its worker dies, followed with GET /jobs/{id}, cancelled with
+        POST /jobs/{id}/cancel; the result is downloaded from GET /jobs/{id}/output."""
+        fitgate.auth.require_model_access(caller, ModelName.parse(model))
+        job = await fitgate.batches.accept(file, model, version, parameters)
+        return JobAccepted(job_id=job.id, status=job.status)
+
+    @app.get("/jobs/{job_id}/output", response_class=FileResponse, responses=errors(404, 409))
+    async def batch_output(
+        job_id: str, fitgate: State, caller: Annotated[Caller, caller_for("finetune")]
+    ) -> FileResponse:
+        """A succeeded batch job's scored file: every input row, in order, with its answer or its problem."""
+        job = fitgate.job_for(job_id, caller)
+        if job.kind != "batch":
+            raise JobNotFound(f"job {job_id} is a fine-tune; only batch jobs (POST /batch) have an output file")
+        if job.status != "succeeded":
+            done = (job.progress or {}).get("rows_done")
+            raise JobConflict(
+                f"job {job_id} is {job.status}"
+                + (f" ({done:,} rows scored so far)" if done else "")
+                + "; its output can be downloaded once it has succeeded"
+                + ("" if job.status in ("queued", "running") else ": POST /jobs/{id}/retry resumes it")
+            )
+        fmt = job.arguments["output_format"]
+        path, _ = batch_output_paths(fitgate.settings.run_dir(job_id), fmt)
+        if not path.is_file():
+            raise JobNotFound(f"the output of job {job_id} is no longer kept; send the file again")
+        stem = Path(job.arguments.get("file_name") or "input").stem
+        return FileResponse(path, media_type=OUTPUT_MEDIA_TYPES[fmt], filename=f"{stem}-scored{path.suffix}")
 
     @app.post("/finetune/validate", responses=errors(413))
     async def validate_upload(

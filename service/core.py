@@ -13,6 +13,7 @@ from fitgate.errors import JobNotFound
 from fitgate.settings import Settings
 from models.registry import Registry, open_registry
 from service.auth import Authenticator, Caller
+from service.batches import BatchIntake
 from service.jobs import Job, JobRunner, JobStore, QueueMetrics
 from service.predictor import ModelPool
 from service.uploads import UploadIntake
@@ -29,6 +30,7 @@ class Fitgate:
         self.jobs = JobStore.open(settings)
         self.pool = ModelPool(self.registry, settings)
         self.uploads = UploadIntake(settings, self.jobs)
+        self.batches = BatchIntake(settings, self.jobs, self.registry)
         self.runner: JobRunner | None = None
         QueueMetrics(self.jobs).start()
 

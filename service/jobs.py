@@ -1,4 +1,8 @@
-"""Durable fine-tune jobs: rows in the database, each claimed under a lease and trained in its own subprocess.
+"""Durable jobs: rows in the database, each claimed under a lease and run in its own subprocess.
+
+Two kinds share the queue, its leases and its trainers: ``finetune`` (train, judge, export) and
+``batch`` (score a file with a pinned model version, ``batch/``). A batch job resumes from its
+last written chunk where a fine-tune resumes from its last completed epoch.
 
 States: queued -> running -> succeeded | blocked | failed | cancelled. Any number of trainers
 (service workers with training enabled, on any number of pods) share one queue. A trainer
@@ -59,7 +63,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from fitgate.database import engine_for, migrate, read, write
 from fitgate.errors import FitgateError, JobConflict, JobNotFound, LeaseLost, TooManyJobs
 from fitgate.settings import Settings
-from service.monitoring import record_job_outcome, record_queue
+from service.monitoring import record_batch_rows, record_batch_speed, record_job_outcome, record_queue
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,7 @@ JOBS = Table(
     Column("id", String(64), primary_key=True),
     Column("team", String(200), nullable=False),
     Column("model_name", String(200), nullable=False),
+    Column("kind", String(16), nullable=False, server_default=text("'finetune'")),
     Column("status", String(16), nullable=False),
     Column("arguments", Text, nullable=False),
     Column("upload", Text, nullable=False),
@@ -107,6 +112,7 @@ class Job:
     id: str
     team: str
     model_name: str
+    kind: str  # finetune or batch
     status: str
     arguments: dict[str, Any]
     upload: str
@@ -127,6 +133,7 @@ class Job:
         """What a client sees: never the server's paths."""
         return {
             "job_id": self.id,
+            "kind": self.kind,
             "model": self.model_name,
             "status": self.status,
             "created_at": self.created_at,
@@ -153,9 +160,10 @@ class Claim:
 
 
 def _epochs_done(progress: str | None) -> int:
-    """Epochs a job had completed by its last progress report (what a resumed run keeps)."""
-    epoch = (json.loads(progress) if progress else {}).get("epoch") or 0.0
-    return int(epoch)
+    """What a job had kept by its last progress report, which a resumed run keeps: a fine-tune's completed
+    epochs, a batch job's written chunks."""
+    reported = json.loads(progress) if progress else {}
+    return int(reported.get("epoch") or reported.get("chunks_done") or 0)
 
 
 def _resuming(progress: str | None) -> str | None:
@@ -185,7 +193,7 @@ class JobStore:
 
         m = row._mapping
         return Job(
-            id=m["id"], team=m["team"], model_name=m["model_name"], status=m["status"],
+            id=m["id"], team=m["team"], model_name=m["model_name"], kind=m["kind"], status=m["status"],
             arguments=json.loads(m["arguments"]), upload=m["upload"], created_at=m["created_at"],
             started_at=m["started_at"], ended_at=m["ended_at"], pid=m["pid"], progress=loads(m["progress"]),
             result=loads(m["result"]), reason=m["reason"], cancel_requested=bool(m["cancel_requested"]),
@@ -214,7 +222,8 @@ class JobStore:
         ).scalar_one()
         if active >= max_active:
             raise TooManyJobs(
-                f"team {team} has {active} fine-tune jobs queued or running, the most a team may have at once "
+                f"team {team} has {active} jobs (fine-tunes and batch jobs) queued or running, the most a team may "
+                "have at once "
                 f"(FITGATE_MAX_JOBS_PER_TEAM={max_active}); wait for one to end or cancel one "
                 "(POST /jobs/{id}/cancel), then send this again"
             )
@@ -227,6 +236,7 @@ class JobStore:
         arguments: dict[str, Any],
         upload: Path,
         max_active: int | None = None,
+        kind: str = "finetune",
     ) -> Job:
         """Queue a job; with ``max_active``, refuse it (TooManyJobs) when its team already has that many."""
         with write(self.engine, lock=f"fitgate.jobs.team:{team}") as db:
@@ -236,6 +246,7 @@ class JobStore:
                     id=job_id,
                     team=team,
                     model_name=model_name,
+                    kind=kind,
                     status="queued",
                     arguments=json.dumps(arguments),
                     upload=str(upload),
@@ -448,13 +459,18 @@ class JobStore:
             )
         return self.get(job_id)
 
-    def controls(self, job_ids: list[str]) -> dict[str, tuple[bool, float | None]]:
-        """Per job: whether a cancel was requested and when it started, as its trainer enforces them."""
+    def controls(self, job_ids: list[str]) -> dict[str, tuple[bool, float | None, dict[str, Any]]]:
+        """Per job: whether a cancel was requested, when it started, and its progress, as its trainer reads them."""
         with read(self.engine) as db:
             rows = db.execute(
-                select(JOBS.c.id, JOBS.c.cancel_requested, JOBS.c.started_at).where(JOBS.c.id.in_(job_ids))
+                select(JOBS.c.id, JOBS.c.cancel_requested, JOBS.c.started_at, JOBS.c.progress).where(
+                    JOBS.c.id.in_(job_ids)
+                )
             ).all()
-        return {row.id: (bool(row.cancel_requested), row.started_at) for row in rows}
+        return {
+            row.id: (bool(row.cancel_requested), row.started_at, json.loads(row.progress) if row.progress else {})
+            for row in rows
+        }
 
     def queue_depth(self) -> tuple[int, dict[str, int]]:
         """Jobs waiting for a trainer, and jobs running under a live lease per trainer."""
@@ -527,6 +543,9 @@ class _Child:
     process: subprocess.Popen[bytes]
     generation: int
     renewed: float  # time.monotonic() of the last renewal
+    kind: str = "finetune"
+    model: str = ""
+    rows_seen: int | None = None  # a batch job's rows done at the trainer's last look (its metrics count the rest)
     cancel_seen: float | None = None  # time.monotonic() when this trainer first saw the job's cancel request
 
 
@@ -580,7 +599,8 @@ class JobRunner:
                 generation=claim.generation,
             )  # fmt: skip
             return
-        self._children[job.id] = _Child(child, claim.generation, time.monotonic())  # reaped even if set_pid fails
+        self._children[job.id] = _Child(child, claim.generation, time.monotonic(), job.kind,
+                                        job.model_name)  # reaped even if set_pid fails  # fmt: skip
         self.store.set_pid(job.id, claim.generation, child.pid)
         log.info(
             "job %s %s in process %d (lease generation %d, trainer %s)",
@@ -603,20 +623,31 @@ class JobRunner:
 
     def _stop_cancelled_and_overdue(self) -> None:
         """Kill the training process of a job that ran past ``max_job_seconds``, or that still runs a few seconds
-        after its cancel; its outcome is recorded first, so the next claim may take the freed slot at once."""
+        after its cancel; its outcome is recorded first, so the next claim may take the freed slot at once.
+        Batch jobs' rows and speed reach the metrics here, from their progress."""
         if not self._children:
+            record_batch_speed(self.trainer, 0.0)
             return
         controls = self.store.controls(list(self._children))
+        speed = 0.0
         for job_id, child in list(self._children.items()):
-            if child.process.poll() is not None or job_id not in controls:
+            if job_id not in controls:
                 continue
-            cancel_requested, started_at = controls[job_id]
+            cancel_requested, started_at, progress = controls[job_id]
+            if child.kind == "batch" and "rows_done" in progress:
+                if child.rows_seen is not None and progress["rows_done"] > child.rows_seen:
+                    record_batch_rows(child.model, progress["rows_done"] - child.rows_seen)
+                child.rows_seen = progress["rows_done"]
+                speed += progress.get("rows_per_second") or 0.0 if progress.get("phase") == "scoring" else 0.0
+            if child.process.poll() is not None:
+                continue
             if started_at is not None and time.time() - started_at > self.settings.max_job_seconds:
                 self._stop(job_id, child, "failed", overdue_reason(self.settings.max_job_seconds))
             elif cancel_requested:
                 child.cancel_seen = child.cancel_seen or time.monotonic()
                 if time.monotonic() - child.cancel_seen > CANCEL_GRACE_SECONDS:
                     self._stop(job_id, child, "cancelled", CANCELLED_BY_REQUEST)
+        record_batch_speed(self.trainer, speed)
 
     def _stop(self, job_id: str, child: _Child, status: str, reason: str) -> None:
         log.warning("job %s: stopping its training process (%s): %s", job_id, status, reason)
@@ -630,14 +661,20 @@ class JobRunner:
             if code is None:
                 continue
             del self._children[job_id]
-            self._record_outcome(job_id, child.generation, code)
+            self._record_outcome(job_id, child, code)
 
-    def _record_outcome(self, job_id: str, generation: int, code: int) -> None:
+    def _record_outcome(self, job_id: str, child: _Child, code: int) -> None:
+        generation = child.generation
         if code != 0:  # the worker records its own outcome; a non-zero exit it could not record is a crash
             self.store.finish(job_id, "failed", reason=death_reason(code), generation=generation)
         job = self.store.get(job_id)
         if job.status not in FINAL or job.lease_generation != generation:
             return  # taken over: the outcome (and its metrics) belong to the trainer holding the job now
+        if job.kind == "batch":  # the rows of its last second, which no look at its progress counted yet
+            done = (job.progress or {}).get("rows_done", 0)
+            if child.rows_seen is not None and done > child.rows_seen:
+                record_batch_rows(child.model, done - child.rows_seen)
+            return
         diagnosis = (job.result or {}).get("diagnosis") or {}
         verdicts = ["pass"] if diagnosis.get("passed") else list(diagnosis.get("blocking") or [])
         seconds = job.ended_at - job.started_at if job.ended_at and job.started_at else None

@@ -130,6 +130,13 @@ JOBS_RUNNING = Gauge(
     "fitgate_jobs_running", "Fine-tune jobs running under a live lease, per trainer.", ["trainer"],
     multiprocess_mode="livemax",
 )  # fmt: skip
+BATCH_ROWS = Counter(
+    "fitgate_batch_rows_total", "Rows batch jobs have read and written (rows with a problem included).", ["model"]
+)
+BATCH_ROWS_PER_SECOND = Gauge(
+    "fitgate_batch_rows_per_second", "Rows per second of the batch jobs running on each trainer.", ["trainer"],
+    multiprocess_mode="livesum",
+)  # fmt: skip
 _trainers_seen: set[str] = set()
 
 
@@ -297,6 +304,14 @@ def record_queue(queued: int, running: dict[str, int]) -> None:
     for trainer, count in running.items():
         JOBS_RUNNING.labels(trainer).set(count)
     _trainers_seen.update(running)
+
+
+def record_batch_rows(model: str, rows: int) -> None:
+    BATCH_ROWS.labels(model).inc(rows)
+
+
+def record_batch_speed(trainer: str, rows_per_second: float) -> None:
+    BATCH_ROWS_PER_SECOND.labels(trainer).set(rows_per_second)
 
 
 def record_job_outcome(status: str, seconds: float | None, verdicts: Iterable[str]) -> None:

@@ -1,4 +1,6 @@
-"""One fine-tune job in its own process: ``python -m service.worker JOB_ID GENERATION [--resume]``.
+"""One job in its own process: ``python -m service.worker JOB_ID GENERATION [--resume]``.
+
+A batch job is scored by ``service/batches.py``; the rest of this module runs a fine-tune.
 
 A crash or out-of-memory here ends this process only; the service marks the job failed.
 The worker records its own outcome and exits 0 whenever it could. Every write names the
@@ -27,11 +29,11 @@ from fitgate.errors import (
     DiskFull,
     FitgateError,
     GateBlocked,
+    JobCancelled,
     LeaseLost,
     ModelLoadError,
     OutOfMemory,
     OutOfResources,
-    TrainingCancelled,
     is_disk_full,
     is_out_of_memory,
 )
@@ -39,6 +41,7 @@ from fitgate.settings import Settings
 from models.names import ModelName
 from models.registry import open_registry
 from models.repair import JobVerdict, attempts_for, train_and_release
+from service.batches import run_batch_job
 from service.jobs import JobStore
 from training.arguments import parse_arguments
 from training.checkpoint import remove_checkpoint
@@ -147,7 +150,7 @@ def run_job(job_id: str, settings: Settings, generation: int, *, resume: bool = 
                 "label_audit": _audit_summary(RunDirectory.open(run_dir).report.get("label_audit"), job_id),
             }
         finish("blocked", reason=exc.message, result=blocked)
-    except TrainingCancelled as exc:
+    except JobCancelled as exc:
         finish("cancelled", reason=exc.message)
     except LeaseLost as exc:
         log.warning("job %s: %s; this process stops and records nothing", job_id, exc.message)
@@ -222,7 +225,12 @@ def main() -> int:
     settings = Settings()
     limit_memory(settings.training_memory_mb)
     job_id, generation, *flags = sys.argv[1:]
-    run_job(job_id, settings, int(generation), resume="--resume" in flags)
+    store = JobStore.open(settings)
+    job = store.get(job_id)
+    if job.kind == "batch":
+        run_batch_job(job, store, settings, int(generation))
+    else:
+        run_job(job_id, settings, int(generation), resume="--resume" in flags)
     return 0
 
 

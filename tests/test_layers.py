@@ -11,7 +11,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 GROUND = REPO / "fitgate"
-ABOVE = frozenset({"training", "models", "service", "cli", "bench"})
+ABOVE = frozenset({"training", "models", "batch", "service", "cli", "bench"})
 
 
 def imported_roots(source: str) -> set[str]:

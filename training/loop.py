@@ -22,7 +22,7 @@ from typing import cast
 import numpy as np
 import torch
 
-from fitgate.errors import TrainingCancelled
+from fitgate.errors import JobCancelled
 from fitgate.settings import Settings
 from training import batching, modeling
 from training.arguments import TrainingArguments, plan_schedule
@@ -166,7 +166,7 @@ def fine_tune(
             augment_classes=augment_classes or frozenset(),
         ):
             if should_cancel():
-                raise TrainingCancelled(
+                raise JobCancelled(
                     f"cancelled at step {state.step} of {schedule.total_steps}; nothing was exported"
                 )
             with mixed_precision(device, autocast):

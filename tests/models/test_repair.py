@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 import torch
 
-from fitgate.errors import TrainingCancelled
+from fitgate.errors import JobCancelled
 from fitgate.settings import Settings
 from fitgate.spreadsheet import write_csv_for_people
 from models import repair
@@ -100,14 +100,14 @@ class FineTuneCalls:
         )
         kwargs["on_progress"](Progress("training", step=6, resumed_at_epoch=2 if kwargs["resume"] else None))
         kwargs["on_progress"](Progress("calibrating"))
-        raise TrainingCancelled("stopped by the test")
+        raise JobCancelled("stopped by the test")
 
 
 def _train(job_dir: Path, monkeypatch: pytest.MonkeyPatch, *, resume: bool) -> tuple[FineTuneCalls, list[Progress]]:
     fake = FineTuneCalls()
     monkeypatch.setattr(repair, "fine_tune", fake)
     seen: list[Progress] = []
-    with pytest.raises(TrainingCancelled):
+    with pytest.raises(JobCancelled):
         repair.train_and_release(
             job_dir / "upload.csv",
             job_dir,

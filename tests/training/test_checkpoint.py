@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fitgate.errors import TrainingCancelled
+from fitgate.errors import JobCancelled
 from tests.conftest import save_random_bert, write_csv
 from training.arguments import TrainingArguments
 from training.checkpoint import RandomState, checkpoint_arguments, load_checkpoint
@@ -74,7 +74,7 @@ def test_a_run_resumed_after_an_interruption_ends_as_the_uninterrupted_run(
 
     run = tmp_path / "interrupted"
     seen, cancel = _interrupt_after(2 * STEPS_PER_EPOCH + 13)  # during epoch 3 (after its evaluation at step 42)
-    with pytest.raises(TrainingCancelled):
+    with pytest.raises(JobCancelled):
         fine_tune(keyword_csv, run, args, on_progress=seen.append, should_cancel=cancel)
     resumed_progress: list[Progress] = []
     resumed = fine_tune(keyword_csv, run, args, on_progress=resumed_progress.append, resume=True)
@@ -132,7 +132,7 @@ def test_the_best_checkpoint_and_the_patience_count_survive_an_interruption(
     assert whole.stopped_early and whole.curves[-1].step < args.num_train_epochs * STEPS_PER_EPOCH
 
     seen, cancel = _interrupt_after(2 * STEPS_PER_EPOCH + 3)
-    with pytest.raises(TrainingCancelled):
+    with pytest.raises(JobCancelled):
         fine_tune(data, tmp_path / "run", args, on_progress=seen.append, should_cancel=cancel)
     resumed = fine_tune(data, tmp_path / "run", args, resume=True)
     assert (resumed.best_step, resumed.stopped_early) == (whole.best_step, True)
@@ -166,7 +166,7 @@ def test_the_checkpoint_holds_the_arguments_it_was_trained_with(
 ) -> None:
     args = _args(tiny_model_dir, weight_decay=0.05)
     seen, cancel = _interrupt_after(STEPS_PER_EPOCH + 2)
-    with pytest.raises(TrainingCancelled):
+    with pytest.raises(JobCancelled):
         fine_tune(keyword_csv, tmp_path / "run", args, on_progress=seen.append, should_cancel=cancel)
     assert checkpoint_arguments(tmp_path / "run") == args
     checkpoint = load_checkpoint(tmp_path / "run")
@@ -193,7 +193,7 @@ def test_a_checkpoint_of_other_arguments_is_not_resumed(
 ) -> None:
     run = tmp_path / "run"
     seen, cancel = _interrupt_after(STEPS_PER_EPOCH + 2)
-    with pytest.raises(TrainingCancelled):
+    with pytest.raises(JobCancelled):
         fine_tune(keyword_csv, run, _args(tiny_model_dir), on_progress=seen.append, should_cancel=cancel)
     progress: list[Progress] = []
     result = fine_tune(
@@ -208,10 +208,10 @@ def test_a_run_that_does_not_resume_removes_the_checkpoint_it_finds(
 ) -> None:
     run = tmp_path / "run"
     seen, cancel = _interrupt_after(STEPS_PER_EPOCH + 2)
-    with pytest.raises(TrainingCancelled):
+    with pytest.raises(JobCancelled):
         fine_tune(keyword_csv, run, _args(tiny_model_dir), on_progress=seen.append, should_cancel=cancel)
     assert CHECKPOINT in _files(run)
-    with pytest.raises(TrainingCancelled):  # a restart, stopped again before its first epoch ended
+    with pytest.raises(JobCancelled):  # a restart, stopped again before its first epoch ended
         fine_tune(keyword_csv, run, _args(tiny_model_dir), should_cancel=lambda: True)
     assert _files(run) == ["curves.json"]
 

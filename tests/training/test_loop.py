@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fitgate.errors import TrainingCancelled
+from fitgate.errors import JobCancelled
 from tests.conftest import keyword_rows, write_csv
 from training import rundir
 from training.arguments import TrainingArguments
@@ -130,7 +130,7 @@ def test_cancel_stops_between_steps_and_leaves_only_the_curves_so_far(
     tiny_model_dir: Path, keyword_csv: Path, tmp_path: Path
 ) -> None:
     calls = iter(range(1000))
-    with pytest.raises(TrainingCancelled, match="cancelled at step 3"):
+    with pytest.raises(JobCancelled, match="cancelled at step 3"):
         fine_tune(keyword_csv, tmp_path / "run", _args(tiny_model_dir), should_cancel=lambda: next(calls) >= 3)
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["curves.json"], "no model, no report"
 
