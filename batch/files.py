@@ -32,7 +32,8 @@ FORMATS: dict[str, Format] = {
     ".parquet": "parquet",
 }
 ID_COLUMN_NAMES = ("id", "row_id", "uuid", "key")
-"""An input column carried into the output beside each row's number, when the request names none."""
+"""An input column carried into the output beside each row's number, when the request names none (else the first
+column whose name ends in ``_id``)."""
 _HEADER_BYTES = 1 << 16
 csv.field_size_limit(2**31 - 1)  # a text cell may be long; a broken file shows as a row problem, not an error
 
@@ -75,7 +76,8 @@ def choose_columns(found: list[str], text_column: str | None, id_column: str | N
         row_id: str | None = detect_column(found, id_column, (), "id")
     else:
         by_lower = {c.lower(): c for c in found}
-        row_id = next((by_lower[n] for n in ID_COLUMN_NAMES if n in by_lower), None)
+        named = [by_lower[n] for n in ID_COLUMN_NAMES if n in by_lower]
+        row_id = (named or [c for c in found if c.lower().endswith("_id")] or [None])[0]
     if row_id == text:
         raise DataError(f"the text and id columns are both {text!r}; name two different columns")
     return Columns(found, text, row_id)

@@ -82,7 +82,7 @@ def run_batch(
     """
     plan.parts_dir.mkdir(parents=True, exist_ok=True)
     spec = classifier.spec
-    columns = output_columns(spec.labels, spec.multi_label, plan.columns.id is not None)
+    columns = output_columns(spec.labels, spec.multi_label, plan.columns.id)
     table = OutputTable(plan.output_format, columns)
     done, tally = finished_chunks(plan)
     resumed_at = done * plan.chunk_rows if done else None
@@ -93,7 +93,7 @@ def run_batch(
     for k, chunk in enumerate(stream):
         if k < done:
             continue  # written by an earlier run of this job
-        rows, chunk_tally = score_chunk(classifier, chunk, plan.columns.id is not None)
+        rows, chunk_tally = score_chunk(classifier, chunk, columns)
         _tally_file(plan, k).write_text(json.dumps(asdict(chunk_tally)))  # before the part: a part has its tally
         table.write_part(_part(plan, k), rows)
         tally.add(chunk_tally)

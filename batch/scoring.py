@@ -1,7 +1,7 @@
 """One chunk of records scored by a loaded bundle: the output rows and what the drift report counts.
 
-The output layout is owned here: ``row`` (the record's number in the input), ``id`` (when the
-input has an id column), the answer (``label``, or ``labels`` for a multi-label model),
+The output layout is owned here: ``row`` (the record's number in the input), the input's id
+column under its own name (when it has one), the answer (``label``, or ``labels`` for a multi-label model),
 ``confidence``, one ``p:<class>`` column per class, ``truncated`` (the text was cut, or scored in
 several windows when the model pools them), and ``problem`` (why a row was not scored; empty
 otherwise). A row with a problem keeps its place, so the output has exactly the input's rows.
@@ -20,13 +20,16 @@ from models.runtime import OnnxClassifier
 PROBABILITY_PREFIX = "p:"
 
 
-def output_columns(labels: list[str], multi_label: bool, with_id: bool) -> list[str]:
-    """The output's columns, in order, for a model with classes ``labels``."""
+def output_columns(labels: list[str], multi_label: bool, id_column: str | None) -> list[str]:
+    """The output's columns, in order, for a model with classes ``labels``; the input's id column keeps its name."""
     answer = "labels" if multi_label else "label"
-    return [
-        "row", *(["id"] if with_id else []), answer, "confidence",
-        *(PROBABILITY_PREFIX + name for name in labels), "truncated", "problem",
-    ]  # fmt: skip
+    scores = [answer, "confidence", *(PROBABILITY_PREFIX + name for name in labels), "truncated", "problem"]
+    return ["row", *([output_id_column(id_column, scores)] if id_column else []), *scores]
+
+
+def output_id_column(id_column: str, scores: list[str]) -> str:
+    """The id column's name in the output: its input name, unless an output column has it already."""
+    return id_column if id_column not in ("row", *scores) else "id"
 
 
 @dataclass
@@ -50,10 +53,12 @@ class ChunkTally:
 
 
 def score_chunk(
-    classifier: OnnxClassifier, chunk: list[Record], with_id: bool
+    classifier: OnnxClassifier, chunk: list[Record], columns: list[str]
 ) -> tuple[list[dict[str, Any]], ChunkTally]:
-    """Score the chunk's readable texts in one call; every record gets its row, in input order."""
+    """Score the chunk's readable texts in one call; every record gets its row (in ``columns``, from
+    ``output_columns``), in input order."""
     spec = classifier.spec
+    id_name = columns[1] if columns[1] not in ("label", "labels") else None
     scorable = [i for i, r in enumerate(chunk) if r.problem is None]
     predictions = classifier.predict([chunk[i].text or "" for i in scorable]) if scorable else None
     tally = ChunkTally(rows=len(chunk), answers=[0] * len(spec.labels))
@@ -62,8 +67,8 @@ def score_chunk(
     empty = {PROBABILITY_PREFIX + name: None for name in spec.labels}
     for record in chunk:
         row: dict[str, Any] = {"row": record.number}
-        if with_id:
-            row["id"] = record.id
+        if id_name is not None:
+            row[id_name] = record.id
         row.update({answer: None, "confidence": None, **empty, "truncated": None, "problem": record.problem})
         rows.append(row)
     if predictions is None:

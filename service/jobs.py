@@ -635,9 +635,7 @@ class JobRunner:
                 continue
             cancel_requested, started_at, progress = controls[job_id]
             if child.kind == "batch" and "rows_done" in progress:
-                if child.rows_seen is not None and progress["rows_done"] > child.rows_seen:
-                    record_batch_rows(child.model, progress["rows_done"] - child.rows_seen)
-                child.rows_seen = progress["rows_done"]
+                self._count_batch_rows(child, progress)
                 speed += progress.get("rows_per_second") or 0.0 if progress.get("phase") == "scoring" else 0.0
             if child.process.poll() is not None:
                 continue
@@ -655,6 +653,16 @@ class JobRunner:
         child.process.kill()
         child.process.wait(timeout=30)  # reaped on the next iteration, which records its metrics
 
+    @staticmethod
+    def _count_batch_rows(child: _Child, progress: dict[str, Any]) -> None:
+        """Count the rows a batch job scored since the last look; rows an earlier run of it scored were counted
+        by the trainer that ran it."""
+        seen = child.rows_seen if child.rows_seen is not None else progress.get("resumed_at_row") or 0
+        done = progress.get("rows_done") or 0
+        if done > seen:
+            record_batch_rows(child.model, done - seen)
+        child.rows_seen = max(done, seen)
+
     def _reap(self) -> None:
         for job_id, child in list(self._children.items()):
             code = child.process.poll()
@@ -671,9 +679,7 @@ class JobRunner:
         if job.status not in FINAL or job.lease_generation != generation:
             return  # taken over: the outcome (and its metrics) belong to the trainer holding the job now
         if job.kind == "batch":  # the rows of its last second, which no look at its progress counted yet
-            done = (job.progress or {}).get("rows_done", 0)
-            if child.rows_seen is not None and done > child.rows_seen:
-                record_batch_rows(child.model, done - child.rows_seen)
+            self._count_batch_rows(child, job.progress or {})
             return
         diagnosis = (job.result or {}).get("diagnosis") or {}
         verdicts = ["pass"] if diagnosis.get("passed") else list(diagnosis.get("blocking") or [])
