@@ -76,8 +76,10 @@ def choose_columns(found: list[str], text_column: str | None, id_column: str | N
         row_id: str | None = detect_column(found, id_column, (), "id")
     else:
         by_lower = {c.lower(): c for c in found}
-        named = [by_lower[n] for n in ID_COLUMN_NAMES if n in by_lower]
-        row_id = (named or [c for c in found if c.lower().endswith("_id")] or [None])[0]
+        named = [by_lower[n] for n in ID_COLUMN_NAMES if n in by_lower] + [
+            c for c in found if c.lower().endswith("_id")
+        ]
+        row_id = named[0] if named else None
     if row_id == text:
         raise DataError(f"the text and id columns are both {text!r}; name two different columns")
     return Columns(found, text, row_id)
@@ -141,7 +143,8 @@ def _problem(text: Any, max_chars: int) -> str | None:
     return None
 
 
-def _record(number: int, row_id: Any, text: Any, max_chars: int, problem: str | None = None) -> Record:
+def record(number: int, row_id: Any, text: Any, max_chars: int, problem: str | None = None) -> Record:
+    """One input row as a Record: its text, or why it cannot be scored (the one set of checks every reader uses)."""
     problem = problem or _problem(text, max_chars)
     return Record(number, None if row_id is None else str(row_id), None if problem else text, problem)
 
@@ -171,17 +174,17 @@ def _csv_records(stream: io.TextIOWrapper, delimiter: str, columns: Columns, max
             return
         except csv.Error as exc:  # e.g. a NUL byte: the row is lost, its number is reported
             number += 1
-            yield _record(number, None, None, max_chars, f"the row cannot be read as CSV ({exc})")
+            yield record(number, None, None, max_chars, f"the row cannot be read as CSV ({exc})")
             continue
         if not values:  # a blank line is no record
             continue
         number += 1
         if len(values) != len(header):
-            yield _record(number, None, None, max_chars,
+            yield record(number, None, None, max_chars,
                           f"the row has {len(values)} fields but the header has {len(header)}; quote texts that "
                           "contain the separator")  # fmt: skip
             continue
-        yield _record(number, values[id_at] if id_at is not None else None, values[text_at], max_chars)
+        yield record(number, values[id_at] if id_at is not None else None, values[text_at], max_chars)
 
 
 def _jsonl_records(stream: io.TextIOWrapper, columns: Columns, max_chars: int) -> Iterator[Record]:
@@ -193,12 +196,12 @@ def _jsonl_records(stream: io.TextIOWrapper, columns: Columns, max_chars: int) -
         try:
             row = json.loads(line)
         except ValueError as exc:
-            yield _record(number, None, None, max_chars, f"the line is not JSON ({exc})")
+            yield record(number, None, None, max_chars, f"the line is not JSON ({exc})")
             continue
         if not isinstance(row, dict):
-            yield _record(number, None, None, max_chars, "the line is not a JSON object")
+            yield record(number, None, None, max_chars, "the line is not a JSON object")
             continue
-        yield _record(number, row.get(columns.id) if columns.id else None, row.get(columns.text), max_chars)
+        yield record(number, row.get(columns.id) if columns.id else None, row.get(columns.text), max_chars)
 
 
 def _parquet_records(path: Path, columns: Columns, max_chars: int) -> Iterator[Record]:
@@ -211,7 +214,7 @@ def _parquet_records(path: Path, columns: Columns, max_chars: int) -> Iterator[R
         ids = batch.column(columns.id).to_pylist() if columns.id else [None] * len(texts)
         for row_id, text in zip(ids, texts, strict=True):
             number += 1
-            yield _record(number, row_id, text, max_chars)
+            yield record(number, row_id, text, max_chars)
 
 
 def count_records(path: Path, fmt: Format, columns: Columns) -> int:
@@ -245,7 +248,7 @@ class OutputTable:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            pq.write_table(pa.Table.from_pylist(rows, schema=self._schema()), partial)
+            pq.write_table(pa.Table.from_pylist(rows, schema=self.schema()), partial)
         else:
             with partial.open("w", encoding="utf-8", newline="") as out:
                 if self.fmt == "jsonl":
@@ -263,9 +266,9 @@ class OutputTable:
         if self.fmt == "parquet":
             import pyarrow.parquet as pq
 
-            with pq.ParquetWriter(partial, self._schema()) as writer:
+            with pq.ParquetWriter(partial, self.schema()) as writer:
                 for part in parts:
-                    writer.write_table(pq.read_table(part, schema=self._schema()))
+                    writer.write_table(pq.read_table(part, schema=self.schema()))
         else:
             with partial.open("wb") as out:
                 if self.fmt != "jsonl":
@@ -278,7 +281,8 @@ class OutputTable:
                             out.write(block)
         os.replace(partial, dest)
 
-    def _schema(self) -> Any:
+    def schema(self) -> Any:
+        """The output's Arrow schema (Parquet, and the Ray adapter's tables)."""
         import pyarrow as pa
 
         def kind(column: str) -> Any:

@@ -23,9 +23,7 @@ import pyarrow as pa
 import ray
 import ray.data
 
-# _record is batch/files.py's one way to turn a cell pair into a Record (the empty/non-UTF-8/too-long checks);
-# a second public name for it here would be a second owner.
-from batch.files import OutputTable, _record, choose_columns
+from batch.files import OutputTable, choose_columns, record
 from batch.scoring import output_columns, score_chunk
 from fitgate.errors import DataError
 from fitgate.settings import Settings
@@ -61,7 +59,7 @@ class BundleScorer:
         # the batch job's Parquet types: a batch whose rows all have problems still has float and list columns
         self.schema: pa.Schema = OutputTable(
             "parquet", scored_columns(spec.labels, spec.multi_label, id_column)
-        )._schema()
+        ).schema()
         logger.info("loaded %s with %d threads", bundle_dir, self.classifier.threads)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -69,7 +67,7 @@ class BundleScorer:
         ids = batch.column(self.id_column).to_pylist()
         # the number is the place in this batch: score_chunk writes it as "row", which the schema leaves out
         records = [
-            _record(n, row_id, text, self.max_chars) for n, (row_id, text) in enumerate(zip(ids, texts, strict=True))
+            record(n, row_id, text, self.max_chars) for n, (row_id, text) in enumerate(zip(ids, texts, strict=True))
         ]
         rows, _ = score_chunk(self.classifier, records, self.columns)
         return pa.Table.from_pylist(rows, schema=self.schema)

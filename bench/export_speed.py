@@ -35,6 +35,7 @@ from models.runtime import load_tokenizer, run_logits, session_options
 from training import rundir
 from training.decision import decide
 from training.evaluation import macro_f1
+from training.windows import Windowing
 
 SHAPES = [(1, 32), (1, 128), (32, 32), (32, 128)]
 
@@ -124,7 +125,7 @@ def main() -> None:
 
     texts = model.held_out.texts[:1000] if ns.quick else model.held_out.texts
     truth = np.array([labels.index(t) for t in model.held_out.labels[: len(texts)]])
-    tokenizer = load_tokenizer(model.bundle_dir / "tokenizer", spec["max_length"])
+    tokenizer = load_tokenizer(model.bundle_dir / "tokenizer", Windowing("truncate", spec["max_length"]))
     ids = [e.ids for e in tokenizer.encode_batch(texts)]
     bias = np.array(spec["class_bias"])
     quality: dict[str, float] = {}

@@ -213,8 +213,8 @@ def fine_tune_sms(work: Path, args: TrainingArguments, limit: int | None) -> tup
 def serving(run: RunDirectory, texts: list[str], work: Path, settings: Settings) -> dict[str, Any]:
     """ONNX Runtime on every provider this machine has: texts/s, and agreement with PyTorch and each other."""
     spec = build_bundle(run, diagnose_and_record(run, settings), work / "bundle", settings)
-    tokenizer = load_tokenizer(work / "bundle" / "tokenizer", spec.max_length)
-    ids = encode(tokenizer, texts, tokenizer.token_to_id("[UNK]")).ids
+    tokenizer = load_tokenizer(work / "bundle" / "tokenizer", spec.windowing())
+    ids = encode(tokenizer, texts, tokenizer.token_to_id("[UNK]"), spec.windowing()).ids
     model = AutoModelForSequenceClassification.from_pretrained(run.model_dir).eval()
     reference = torch_logits(model, ids)
     results: dict[str, Any] = {"texts": len(texts), "providers": {}}

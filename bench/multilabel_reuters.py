@@ -249,8 +249,10 @@ def run_fitgate(train_csv: Path, test_csv: Path, labels: list[str], work: Path, 
     tokenizer = modeling.load_tokenizer(str(run.model_dir))
     model = AutoModelForSequenceClassification.from_pretrained(run.model_dir)
     device = pick_device(args.device)
-    data = Encoded(batching.encode(tokenizer, test_texts, args.max_length), np.zeros(len(test_texts), np.intp))
-    config = EvaluationConfig(args.per_device_eval_batch_size, int(tokenizer.pad_token_id or 0), device, None)
+    cut = batching.encode(tokenizer, test_texts, run.windowing)
+    data = Encoded(cut.ids, np.zeros(len(test_texts), np.intp), cut.owners)
+    pad_id = int(tokenizer.pad_token_id or 0)
+    config = EvaluationConfig(args.per_device_eval_batch_size, pad_id, device, None, run.windowing.pooling)
     decided = run.decision_rule.decide(score(model.to(device), data, config)).astype(np.int8)
     trained = [labels.index(name) for name in run.label_names]
     return Arm(

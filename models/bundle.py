@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fitgate.errors import BundleCorrupt
 from training.decision import DecisionRule
+from training.windows import Windowing
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -55,6 +56,9 @@ class BundleSpec(BaseModel):
     class_bias: list[float]
     label_temperatures: list[float] = []  # multi-label: the calibration per label
     thresholds: list[float] = []  # multi-label: a label is answered when its probability reaches its threshold
+    long_texts: Literal["truncate", "head_tail", "chunks"] = "truncate"  # absent in older bundles: truncated
+    long_text_stride: int = 0
+    long_text_max_windows: int = 1
     onnx_fp32: str
     onnx_int8: str | None
     reference: ReferenceStatistics  # outputs of the fp32 graph
@@ -69,6 +73,12 @@ class BundleSpec(BaseModel):
     @property
     def multi_label(self) -> bool:
         return self.task == "multi_label"
+
+    def windowing(self) -> Windowing:
+        """How the model reads texts longer than its window, as it was trained to."""
+        return Windowing(
+            self.long_texts, self.max_length, self.long_text_stride, self.long_text_max_windows, self.multi_label
+        )
 
     def decision_rule(self) -> DecisionRule:
         """The calibration and decision rule the model was exported with."""

@@ -35,7 +35,7 @@ import fitgate
 from fitgate.errors import ExportError, is_disk_full
 from fitgate.settings import Settings
 from models.bundle import SPEC, BundleSpec, ReferenceStatistics, sha256_file, write_manifest
-from models.runtime import encode, load_tokenizer, run_logits, session_options, unknown_id
+from models.runtime import Encoded, encode, load_tokenizer, run_logits, session_options, text_logits, unknown_id
 from training.diagnosis import Diagnosis
 from training.evaluation import decided_macro_f1, label_micro_f1
 from training.padding import pad_batch
@@ -170,7 +170,7 @@ def check_parity(
 def try_int8(
     fp32_path: Path,
     int8_path: Path,
-    ids: list[list[int]],
+    encoded: Encoded,
     pad_id: int,
     fp32_logits: np.ndarray,
     run: RunDirectory,
@@ -201,7 +201,7 @@ def try_int8(
     finally:
         root.setLevel(level)
     session = ort.InferenceSession(str(int8_path), session_options(), providers=["CPUExecutionProvider"])
-    int8_logits = run_logits(session, ids, pad_id)
+    int8_logits = text_logits(session, encoded, pad_id, run.windowing)
     rule, k = run.decision_rule, len(run.label_names)
     labels = run.validation_labels
     f1_fp32 = decided_macro_f1(labels, rule.decide(fp32_logits), k)
@@ -305,17 +305,18 @@ def build_bundle(run: RunDirectory, diagnosis: Diagnosis, dest: Path, settings: 
         if (run.model_dir / name).exists():
             shutil.copy2(run.model_dir / name, dest / "tokenizer" / name)
     max_length = run.arguments.max_length
-    tokenizer = load_tokenizer(dest / "tokenizer", max_length)
-    encoded = encode(tokenizer, run.validation.texts, unknown_id(tokenizer))
+    windowing = run.windowing  # the served model reads long texts as training did
+    tokenizer = load_tokenizer(dest / "tokenizer", windowing)
+    encoded = encode(tokenizer, run.validation.texts, unknown_id(tokenizer), windowing)
 
     pad_id = int(model.config.pad_token_id or 0)
     session = ort.InferenceSession(str(fp32_path), session_options(), providers=["CPUExecutionProvider"])
-    parity = check_parity(model, session, encoded.ids, run, settings)
-    fp32_logits = run_logits(session, encoded.ids, pad_id)
+    parity = check_parity(model, session, encoded.ids, run, settings)  # window by window
+    fp32_logits = text_logits(session, encoded, pad_id, windowing)
     quantization, int8_logits = try_int8(
-        fp32_path, dest / "model.int8.onnx", encoded.ids, pad_id, fp32_logits, run, settings
+        fp32_path, dest / "model.int8.onnx", encoded, pad_id, fp32_logits, run, settings
     )
-    lengths = [len(x) for x in encoded.ids]
+    lengths = encoded.tokens
     (dest / "report").mkdir()
     for name in REPORT_FILES:
         if (run.path / name).exists():
@@ -324,6 +325,9 @@ def build_bundle(run: RunDirectory, diagnosis: Diagnosis, dest: Path, settings: 
     spec = BundleSpec(
         labels=run.label_names,
         max_length=max_length,
+        long_texts=windowing.mode,
+        long_text_stride=windowing.stride,
+        long_text_max_windows=windowing.max_windows,
         task="multi_label" if run.multi_label else "single_label",
         temperature=run.temperature,
         class_bias=run.class_bias.tolist(),

@@ -21,6 +21,7 @@ from fitgate.devices import usable_cpus
 from fitgate.errors import BundleCorrupt, InferenceError, InvalidRequest
 from models.bundle import BundleSpec, load_spec, verify_manifest
 from training.padding import pad_batch
+from training.windows import Windowing, frame, pool, windows
 
 DEFAULT_BATCH = 64
 PADDING_SLACK = 0.5  # a batch's padded cells stay within 1.5x its real tokens (see length_batches)
@@ -28,9 +29,14 @@ PADDING_SLACK = 0.5  # a batch's padded cells stay within 1.5x its real tokens (
 
 @dataclass(frozen=True)
 class Encoded:
+    """Texts as the model reads them: ``ids`` per window (one per text unless long texts are read in chunks,
+    ``owners`` then naming each window's text), the rest per text."""
+
     ids: list[list[int]]
-    truncated: list[bool]
+    truncated: list[bool]  # not read in one window: cut, or read in several
     unknown_rate: list[float]
+    tokens: list[int]  # special tokens included (truncate: after the cut, as the model reads it)
+    owners: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -105,10 +111,14 @@ def providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def load_tokenizer(tokenizer_dir: Path, max_length: int) -> Tokenizer:
+def load_tokenizer(tokenizer_dir: Path, windowing: Windowing) -> Tokenizer:
+    """The bundle's tokenizer; it truncates itself (in Rust) unless long texts are windowed here."""
     tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     tokenizer.no_padding()  # batches are padded to their own longest text, not to a fixed width
-    tokenizer.enable_truncation(max_length)
+    if windowing.mode == "truncate":
+        tokenizer.enable_truncation(windowing.max_length)
+    else:
+        tokenizer.no_truncation()
     return tokenizer
 
 
@@ -122,15 +132,45 @@ def unknown_id(tokenizer: Tokenizer) -> int | None:
     return tokenizer.token_to_id(token) if token else None
 
 
-def encode(tokenizer: Tokenizer, texts: list[str], unk_id: int | None) -> Encoded:
-    encodings = tokenizer.encode_batch(texts)
+def encode(tokenizer: Tokenizer, texts: list[str], unk_id: int | None, windowing: Windowing) -> Encoded:
+    """Tokenize ``texts`` and cut them into the windows the model reads (``training/windows.py``)."""
+    if windowing.mode == "truncate":
+        encodings = tokenizer.encode_batch(texts)
+        return Encoded(
+            ids=[e.ids for e in encodings],
+            truncated=[bool(e.overflowing) for e in encodings],
+            unknown_rate=[
+                (sum(i == unk_id for i in e.ids) / max(1, len(e.ids) - 2)) if unk_id is not None else 0.0
+                for e in encodings
+            ],
+            tokens=[len(e.ids) for e in encodings],
+        )
+    bodies = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    cut = windows(bodies, *special_frame(tokenizer), windowing)
     return Encoded(
-        ids=[e.ids for e in encodings],
-        truncated=[bool(e.overflowing) for e in encodings],
+        ids=cut.ids,
+        truncated=cut.cut,
         unknown_rate=[
-            (sum(i == unk_id for i in e.ids) / max(1, len(e.ids) - 2)) if unk_id is not None else 0.0 for e in encodings
+            (sum(i == unk_id for i in body) / max(1, len(body))) if unk_id is not None else 0.0 for body in bodies
         ],
+        tokens=cut.tokens,
+        owners=cut.owners,
     )
+
+
+def special_frame(tokenizer: Tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts around one text."""
+    return frame(tokenizer.encode("a").ids, tokenizer.encode("a", add_special_tokens=False).ids)
+
+
+def text_logits(
+    session: ort.InferenceSession, encoded: Encoded, pad_id: int, windowing: Windowing, batch_size: int = DEFAULT_BATCH
+) -> np.ndarray:
+    """One row of logits per text: its windows' logits, pooled."""
+    logits = run_logits(session, encoded.ids, pad_id, batch_size)
+    if encoded.owners is None:
+        return logits
+    return pool(logits, encoded.owners, len(encoded.truncated), windowing.pooling)
 
 
 def length_batches(lengths: list[int], batch_size: int, slack: float = PADDING_SLACK) -> list[list[int]]:
@@ -212,7 +252,7 @@ class OnnxClassifier:
         )
         graph = spec.onnx_int8 if use_int8 and spec.onnx_int8 else spec.onnx_fp32
         try:
-            tokenizer = load_tokenizer(self.bundle_dir / "tokenizer", spec.max_length)
+            tokenizer = load_tokenizer(self.bundle_dir / "tokenizer", spec.windowing())
         except Exception as exc:  # tokenizers raises plain Exception subclasses with its own messages
             raise BundleCorrupt(f"bundle {self.bundle_dir}: its tokenizer cannot be loaded ({exc})") from exc
         try:
@@ -234,13 +274,13 @@ class OnnxClassifier:
             raise InferenceError(f"bundle {self.bundle_dir} is not loaded: call load() first")
         spec = self.spec
         try:
-            encoded = encode(self._tokenizer, texts, self._unk_id)
+            encoded = encode(self._tokenizer, texts, self._unk_id, spec.windowing())
         except Exception as exc:  # the texts, not the bundle: a loaded tokenizer reads any well-formed text
             raise InvalidRequest(
                 f"the model's tokenizer cannot read these texts ({type(exc).__name__}: {exc})"
             ) from exc
         try:
-            logits = run_logits(self._session, encoded.ids, spec.pad_id)
+            logits = text_logits(self._session, encoded, spec.pad_id, spec.windowing())
         except Exception as exc:
             raise InferenceError(f"ONNX Runtime failed on {self.bundle_dir / self.served_graph}: {exc}") from exc
         rule = spec.decision_rule()
@@ -249,7 +289,7 @@ class OnnxClassifier:
             probabilities=rule.probabilities(logits),
             decided=rule.decide(logits),
             confidence=rule.confidence(logits),
-            input_tokens=[len(i) for i in encoded.ids],
+            input_tokens=encoded.tokens,
             unknown_rate=encoded.unknown_rate,
             truncated=encoded.truncated,
         )

@@ -35,6 +35,7 @@ from training.arguments import TrainingArguments, parse_arguments, plan_schedule
 from training.base_models import BaseModels, choose_base_model
 from training.data import parse_table
 from training.splits import load_splits
+from training.windows import Windowing, choose
 
 UPLOAD_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".txt")
 CHUNK_BYTES = 1 << 20
@@ -185,6 +186,7 @@ def _inspect_file(
         "label_co_occurrence": report.label_co_occurrence,
         "labels_not_learnable": report.labels_not_learnable,
         "labels_not_validated": report.labels_not_validated,
+        "long_texts": _long_texts(splits.train.texts, args, choice.path),
         "base_model": choice.to_dict(),
         "splits": {
             "train": len(splits.train),
@@ -192,3 +194,12 @@ def _inspect_file(
             "test": len(splits.test) if splits.test else 0,
         },
     }
+
+
+def _long_texts(texts: list[str], args: TrainingArguments, base_model: Path) -> dict[str, object]:
+    """How many training texts the chosen base model's window cuts, by how much, and how they would be read."""
+    from training.batching import encode
+    from training.modeling import load_tokenizer
+
+    lengths = encode(load_tokenizer(str(base_model)), texts, Windowing("truncate", args.max_length)).tokens
+    return choose(args.long_texts, lengths, args.max_length)[1]

@@ -58,6 +58,28 @@ class TrainingArguments(BaseModel):
         le=512,
         description="Tokens per text; longer texts are truncated. Batches are padded only to their longest text.",
     )
+    long_texts: Literal["auto", "truncate", "head_tail", "chunks"] = Field(
+        "auto",
+        description="Texts longer than max_length tokens: truncate reads their first tokens; head_tail the first "
+        "quarter of the window from the head and the rest from the tail; chunks reads them whole in windows sharing "
+        "long_text_stride tokens, pooling the windows' answers (mean; max for multi-label), in training, validation, "
+        "/predict and batch jobs alike. auto: chunks when at least 10% of the training texts are longer, else "
+        "truncate (the data report says which, and why).",
+    )
+    long_text_stride: int = Field(
+        32,
+        ge=0,
+        le=256,
+        description="chunks: tokens each window shares with the next, so no phrase is cut in two "
+        "(at most half a window).",
+    )
+    long_text_max_windows: int = Field(
+        8,
+        ge=2,
+        le=64,
+        description="chunks: the most windows one text is read in (the first ones and the last); a longer text's "
+        "middle is skipped. Bounds the cost of one text at this many times a short one.",
+    )
     max_text_chars: int = Field(
         20_000,
         ge=100,

@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from training.padding import pad_batch
+from training.windows import Windowing, Windows, frame, windows
 
 CHUNK_BATCHES = 50  # batches per shuffled chunk sorted by length (as in HF's LengthGroupedSampler)
 AUGMENT_DELETE_PROBABILITY = 0.1  # EDA's (Wei & Zou 2019) deletion rate: light enough to keep the label true
@@ -27,10 +28,15 @@ class Batch:
     indices: list[int]  # positions in the encoded data set, to restore order after evaluation
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids with special tokens, truncated to ``max_length``; one fast batched call."""
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)
-    return [list(ids) for ids in encoded["input_ids"]]
+def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], windowing: Windowing) -> Windows:
+    """The windows the model reads of each text (``training/windows.py``); one fast batched call."""
+    bodies = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"] if texts else []
+    return windows(bodies, *special_frame(tokenizer), windowing)
+
+
+def special_frame(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts around one text."""
+    return frame(tokenizer("a")["input_ids"], tokenizer("a", add_special_tokens=False)["input_ids"])
 
 
 def collate(ids: Sequence[Sequence[int]], labels: Sequence[int], indices: list[int], pad_id: int) -> Batch:

@@ -110,6 +110,8 @@ class DataReport:
     """The most frequent pairs of labels on one row: {"labels": [a, b], "rows": n}."""
     labels_not_learnable: list[str] = field(default_factory=list)
     """Labels with too few training rows to learn (multi-label): kept in the model, said in the report."""
+    long_texts: dict[str, Any] = field(default_factory=dict)
+    """Texts longer than the model's window (how many, by how much) and how they are read (training/windows.py)."""
     labels_not_validated: list[str] = field(default_factory=list)
     """Labels with too few validation rows to tune a threshold or judge (the gate names them; shared threshold)."""
 

@@ -30,7 +30,7 @@ from training.audit import audit_run
 from training.base_models import BaseModels, choose_base_model
 from training.checkpoint import remove_checkpoint, save_checkpoint
 from training.curves import CurvePoint
-from training.encoding import Encoded, encode_splits, train_eval_rows, train_eval_subset
+from training.encoding import encode_splits, encode_texts, train_eval_rows, train_eval_subset
 from training.loopstate import LoopState, RunningLoss, save_live_curves, training_progress
 from training.optimization import build_optimization
 from training.precision import autocast_dtype, configure_runtime, mixed_precision, pick_device
@@ -98,7 +98,8 @@ def fine_tune(
     data_report.base_model = choice.to_dict()
     base_model = str(choice.path)
     tokenizer = modeling.load_tokenizer(base_model)
-    data = encode_splits(splits, tokenizer, args.max_length)
+    data = encode_splits(splits, tokenizer, args, multi_label=data_report.task == "multi_label")
+    data_report.long_texts = data.long_texts
     generator = torch.Generator().manual_seed(args.seed)  # the subset, then the sampler and augmentation
     train_subset = train_eval_subset(data.train, train_eval_rows(args, len(data.validation)), generator)
 
@@ -121,7 +122,9 @@ def fine_tune(
     sampling_classes = task.sampling_classes(data.train.targets)
     schedule = plan_schedule(len(data.train), args)
     optimization = build_optimization(model, args, schedule.total_steps, device, autocast)
-    config = EvaluationConfig(args.per_device_eval_batch_size, int(tokenizer.pad_token_id or 0), device, autocast)
+    config = EvaluationConfig(
+        args.per_device_eval_batch_size, int(tokenizer.pad_token_id or 0), device, autocast, data.windowing.pooling
+    )
 
     def evaluate_at(step: int, window: RunningLoss | None = None) -> CurvePoint:
         return evaluate(
@@ -166,9 +169,7 @@ def fine_tune(
             augment_classes=augment_classes or frozenset(),
         ):
             if should_cancel():
-                raise JobCancelled(
-                    f"cancelled at step {state.step} of {schedule.total_steps}; nothing was exported"
-                )
+                raise JobCancelled(f"cancelled at step {state.step} of {schedule.total_steps}; nothing was exported")
             with mixed_precision(device, autocast):
                 logits = model(
                     input_ids=batch.input_ids.to(device, non_blocking=True),
@@ -294,9 +295,13 @@ def score_test_split(path: Path) -> SplitScores | None:
     tokenizer = modeling.load_tokenizer(str(run.model_dir))
     model = AutoModelForSequenceClassification.from_pretrained(run.model_dir)
     cast(torch.nn.Module, model).to(device)
-    data = Encoded(batching.encode(tokenizer, test.texts, args.max_length), test.targets(run.label_names))
+    data = encode_texts(tokenizer, test, run.label_names, run.windowing, examples=False)
     config = EvaluationConfig(
-        args.per_device_eval_batch_size, int(tokenizer.pad_token_id or 0), device, autocast_dtype(device, args.cpu_bf16)
+        args.per_device_eval_batch_size,
+        int(tokenizer.pad_token_id or 0),
+        device,
+        autocast_dtype(device, args.cpu_bf16),
+        run.windowing.pooling,
     )
     task = task_named(run.report.get("task", "single_label"))
     scores = task.scores(run.decision_rule, score(model, data, config), data.targets, run.label_names)

@@ -25,6 +25,7 @@ from training.curves import CurvePoint, load_curves, plot_confusion, plot_curves
 from training.data import DataReport, LabelledData, read_labelled_file, write_labelled_csv
 from training.decision import DecisionRule
 from training.evaluation import ClassScores
+from training.windows import Windowing
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -294,6 +295,13 @@ class RunDirectory:
     @property
     def multi_label(self) -> bool:
         return self.report.get("task") == "multi_label"
+
+    @property
+    def windowing(self) -> Windowing:
+        """How this run read texts longer than its window (runs from before long-text handling: truncated)."""
+        args = self.arguments
+        chosen = ((self.report.get("data_report") or {}).get("long_texts") or {}).get("long_texts", "truncate")
+        return Windowing(chosen, args.max_length, args.long_text_stride, args.long_text_max_windows, self.multi_label)
 
     def read_rows(self, name: str) -> LabelledData:
         """A kept split (validation.csv, test.csv), read as the run read its upload (single or multi-label)."""

@@ -18,6 +18,7 @@ from training.curves import CurvePoint
 from training.encoding import Encoded
 from training.precision import mixed_precision
 from training.tasks.base import Task
+from training.windows import pool
 
 
 @dataclass(frozen=True)
@@ -28,15 +29,17 @@ class EvaluationConfig:
     pad_id: int
     device: torch.device
     autocast: torch.dtype | None  # None: plain fp32
+    pooling: str = "mean"  # how a text's windows' logits become its own (training/windows.py)
 
 
 @torch.no_grad()
 def score(model: PreTrainedModel, data: Encoded, config: EvaluationConfig) -> NDArray[np.float32]:
-    """Logits in input order, in eval mode (the model is handed back in the mode it came in)."""
+    """Logits in input order, one row per text (its windows pooled), in eval mode (the model is handed back in
+    the mode it came in)."""
     was_training = model.training
     model.train(False)
-    logits = np.zeros((len(data), int(model.config.num_labels or 0)), dtype=np.float32)
-    placeholders = [0] * len(data)  # batches carry no targets here: the caller holds them, row for row
+    logits = np.zeros((len(data.ids), int(model.config.num_labels or 0)), dtype=np.float32)
+    placeholders = [0] * len(data.ids)  # batches carry no targets here: the caller holds them, row for row
     batches = batching.evaluation_batches(data.ids, placeholders, batch_size=config.batch_size, pad_id=config.pad_id)
     for batch in batches:
         with mixed_precision(config.device, config.autocast):
@@ -45,7 +48,7 @@ def score(model: PreTrainedModel, data: Encoded, config: EvaluationConfig) -> ND
             )
         logits[batch.indices] = out.logits.float().cpu().numpy()
     model.train(was_training)
-    return logits
+    return logits if data.owners is None else pool(logits, data.owners, len(data), config.pooling)
 
 
 def evaluate(

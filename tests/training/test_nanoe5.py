@@ -295,9 +295,11 @@ def test_the_torch_free_serving_tokenizer_gives_the_ids_training_used(
     converted: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
     from models.runtime import encode, load_tokenizer, unknown_id
+    from training.windows import Windowing
 
-    served = load_tokenizer(converted, 512)  # what a bundle's inference worker loads: tokenizers, no transformers
-    encoded = encode(served, SENTENCES, unknown_id(served))
+    truncate = Windowing("truncate", 512)
+    served = load_tokenizer(converted, truncate)  # what a bundle's inference worker loads: tokenizers, no transformers
+    encoded = encode(served, SENTENCES, unknown_id(served), truncate)
     assert encoded.ids == [tokenizer(text, truncation=True, max_length=512)["input_ids"] for text in SENTENCES]
     assert unknown_id(served) == tokenizer.unk_token_id == 3
     assert max(encoded.unknown_rate[:-1]) == 0.0  # every script is read ...

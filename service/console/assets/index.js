@@ -2,8 +2,8 @@
 import { api, baseModelSection, clear, el, fmt, setToken, showError, showIdentity, table, token, when } from "./console.js";
 
 // options the dry run depends on: changing one reads the file again
-const RECHECK = new Set(["base_model", "task", "label_separator", "allow_empty_labels"]);
-const OPTIONS = ["task", "label_separator", "allow_empty_labels", "base_model", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "max_length", "class_weighting", "label_audit", "remedy_attempts", "clean_flagged_rows"];
+const RECHECK = new Set(["base_model", "task", "label_separator", "allow_empty_labels", "long_texts", "max_length"]);
+const OPTIONS = ["task", "label_separator", "allow_empty_labels", "base_model", "long_texts", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "max_length", "class_weighting", "label_audit", "remedy_attempts", "clean_flagged_rows"];
 const FINAL = ["succeeded", "blocked", "failed", "cancelled"];
 let schema = {};
 let columns = { text_column: null, label_column: null };
@@ -105,12 +105,22 @@ function renderCheck(check) {
     node.append(el("p", { class: "hint" }, "Conflicting: ", check.conflicting_examples.join(" · ")));
   }
   if (check.base_model) node.append(baseModelSection(check.base_model));
+  if (check.long_texts) node.append(longTextSection(check.long_texts));
   if (check.task === "multi_label") {
     node.append(multiLabelSection(check));
     return;
   }
   const total = Object.values(check.class_counts).reduce((a, b) => a + b, 0);
   node.append(table(["class", "rows", "share"], Object.entries(check.class_counts).map(([label, n]) => [label, n, `${((100 * n) / total).toFixed(1)}%`]), { caption: "Class distribution", numeric: [1, 2] }));
+}
+
+function longTextSection(l) {
+  const share = `${(100 * l.share_over_window).toFixed(1)}%`;
+  const over = l.texts_over_window
+    ? `${l.texts_over_window} training texts (${share}) are longer than the model's ${l.window_tokens}-token window, by ${l.median_tokens_over} tokens at the median (${l.p90_tokens_over} at the 90th percentile). `
+    : `Every training text fits the model's ${l.window_tokens}-token window. `;
+  const how = { truncate: "their first tokens are read", head_tail: "their head and tail are read", chunks: "they are read whole, in overlapping windows whose answers are pooled" }[l.long_texts];
+  return el("p", { id: "long-texts" }, over, el("strong", { text: `Long texts: ${l.long_texts}` }), l.texts_over_window ? ` (${how}; ${l.chosen_by === "request" ? "as requested" : l.reason})` : "");
 }
 
 function multiLabelSection(check) {
@@ -175,9 +185,10 @@ async function refreshJobs() {
       node.append(el("p", { class: "hint", text: "No jobs yet." }));
     } else {
       node.append(table(
-        ["job", "model", "status", "phase", "created", "validation macro-F1"],
+        ["job", "kind", "model", "status", "phase", "created", "validation macro-F1"],
         jobs.slice().reverse().map((job) => [
           el("a", { href: `/console/jobs/${encodeURIComponent(job.job_id)}`, text: job.job_id }),
+          job.kind === "batch" ? "batch" : "fine-tune",
           job.model,
           el("span", { class: `status ${job.status}`, text: job.status }),
           job.progress ? job.progress.phase : "–",

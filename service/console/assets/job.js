@@ -39,6 +39,47 @@ function renderStatus(job) {
   document.getElementById("cancel").hidden = FINAL.includes(job.status);
 }
 
+function renderBatchStatus(job) {
+  document.getElementById("title").textContent = `Batch job ${job.job_id}: ${job.model}`;
+  document.getElementById("curves").hidden = true;
+  const p = job.progress || {};
+  const list = clear(document.getElementById("status"));
+  fact(list, "status", el("span", { class: `status ${job.status}`, id: "job-status", text: job.status }));
+  fact(list, "phase", el("span", { id: "job-phase", text: p.phase || (job.status === "queued" ? "waiting for a trainer" : "–") }));
+  fact(list, "version", job.arguments.version);
+  const share = p.rows_total ? ` (${((100 * p.rows_done) / p.rows_total).toFixed(1)}%)` : "";
+  fact(list, "rows", el("span", { id: "batch-rows", text: p.rows_done === undefined ? "–" : `${p.rows_done.toLocaleString()} of ${p.rows_total ? p.rows_total.toLocaleString() : "…"}${share}` }));
+  if (p.rows_with_problems) fact(list, "rows with a problem", p.rows_with_problems.toLocaleString());
+  if (p.rows_per_second) fact(list, "rows per second", Math.round(p.rows_per_second).toLocaleString());
+  if (p.resumed_at_row) fact(list, "resumed", el("span", { id: "job-resumed", text: `after row ${p.resumed_at_row.toLocaleString()}, which an earlier run had written` }));
+  if (!FINAL.includes(job.status)) fact(list, "time left", p.eta_seconds === null || p.eta_seconds === undefined ? "estimating…" : duration(p.eta_seconds));
+  fact(list, "created", when(job.created_at));
+  if (job.ended_at && job.started_at) fact(list, "ran for", duration(job.ended_at - job.started_at));
+  document.getElementById("cancel").hidden = FINAL.includes(job.status);
+}
+
+function renderBatchOutcome(job) {
+  const section = document.getElementById("batch-outcome");
+  section.hidden = false;
+  const summary = document.getElementById("batch-summary");
+  if (job.status !== "succeeded") {
+    summary.textContent = `The job ${job.status}: ${job.reason || ""}`;
+    return;
+  }
+  const r = job.result;
+  summary.textContent = `${r.rows.toLocaleString()} rows scored with version ${r.version}; ${r.rows_with_problems.toLocaleString()} could not be scored (their reason is in the file's problem column).`;
+  const d = r.drift;
+  if (d && d.rows_scored) {
+    const shares = Object.keys(d.answer_shares).map((label) => [label, `${(100 * d.answer_shares[label]).toFixed(1)}%`, `${(100 * d.reference_answer_shares[label]).toFixed(1)}%`]);
+    clear(document.getElementById("batch-drift")).append(
+      table(["answer", "share in this file", "share on validation"], shares, { caption: `Answers vs the validation reference (shift ${d.answer_shift.toFixed(3)}; low-confidence share ${(100 * d.low_confidence_share).toFixed(1)}% vs 5%)`, numeric: [1, 2] }),
+    );
+  }
+  const button = document.getElementById("batch-download");
+  button.hidden = false;
+  button.onclick = () => download(`/jobs/${encodeURIComponent(jobId)}/output`, `${jobId}-scored.${r.output_format}`).catch((err) => showError(document.getElementById("job-error"), err));
+}
+
 function chartWidth(node) {
   return Math.max(260, Math.min(560, node.clientWidth || 560));
 }
@@ -240,6 +281,12 @@ async function poll() {
   try {
     const job = await api(`/jobs/${encodeURIComponent(jobId)}`);
     showError(error, null);
+    if (job.kind === "batch") {
+      renderBatchStatus(job);
+      if (FINAL.includes(job.status)) return renderBatchOutcome(job);
+      setTimeout(poll, POLL_MS);
+      return;
+    }
     renderStatus(job);
     try {
       renderCurves(await api(`/jobs/${encodeURIComponent(jobId)}/curves`));
@@ -255,7 +302,7 @@ async function poll() {
 }
 
 document.getElementById("cancel").addEventListener("click", async () => {
-  if (!window.confirm("Cancel this job? Nothing of it will be exported.")) return;
+  if (!window.confirm("Cancel this job? A fine-tune exports nothing; a batch job keeps the rows scored so far, and a retry resumes after them.")) return;
   try {
     await api(`/jobs/${encodeURIComponent(jobId)}/cancel`, { method: "POST" });
   } catch (err) {

@@ -126,7 +126,35 @@ async function refresh() {
   }
 }
 
+async function scoreFile(event) {
+  event.preventDefault();
+  const error = document.getElementById("score-error");
+  showError(error, null);
+  const file = document.getElementById("score-file").files[0];
+  const model = document.getElementById("try-model").value;
+  if (!model) return showError(error, "no model to score with yet: fine-tune one first");
+  if (!file) return showError(error, "choose a file to score");
+  const parameters = {};
+  const textColumn = document.getElementById("score-text-column").value.trim();
+  if (textColumn) parameters.text_column = textColumn;
+  const format = document.getElementById("score-format").value;
+  if (format) parameters.output_format = format;
+  const form = new FormData();
+  form.append("file", file);
+  form.append("model", model);
+  const version = document.getElementById("try-version").value;
+  if (version) form.append("version", version);
+  form.append("parameters", JSON.stringify(parameters));
+  try {
+    const accepted = await api("/batch", { method: "POST", form });
+    window.location.assign(`/console/jobs/${encodeURIComponent(accepted.job_id)}`);
+  } catch (err) {
+    showError(error, err);
+  }
+}
+
 document.getElementById("try-form").addEventListener("submit", tryIt);
+document.getElementById("score-form").addEventListener("submit", scoreFile);
 document.getElementById("try-model").addEventListener("change", () => fillVersions(null));
 showIdentity();
 refresh();
