@@ -241,3 +241,19 @@ def test_kill_9_during_training_then_restart_resumes_from_the_last_epoch(tmp_pat
         assert srv.wait_job(job_id, {"cancelled"}, {}, timeout=60)["attempts"] == 2
     finally:
         srv.kill(signal.SIGTERM)
+
+
+def test_the_dry_run_says_how_many_texts_exceed_the_window_and_how_they_will_be_read(
+    server: Server, tmp_path: Path
+) -> None:
+    rows = [(("word " * 60) + text, label) for text, label in keyword_rows(60)]
+    csv = write_csv(tmp_path / "long.csv", rows)
+    for parameters, expected in (('{"max_length": 32}', "chunks"), ('{"max_length": 256}', "truncate")):
+        with csv.open("rb") as f:
+            checked = httpx.post(
+                f"{server.url}/finetune/validate", headers=bearer("team-a"), files={"file": ("long.csv", f)},
+                data={"parameters": parameters}, timeout=60,
+            ).json()  # fmt: skip
+        long_texts = checked["long_texts"]
+        assert long_texts["long_texts"] == expected and long_texts["chosen_by"] == "data", long_texts
+    assert long_texts["texts_over_window"] == 0 and long_texts["window_tokens"] == 256
