@@ -494,3 +494,38 @@ def test_a_chinese_upload_asking_for_the_english_model_over_http_is_a_422_that_s
     assert "Choose base_model 'chinese-tiny' or 'multilingual-e5-small'" in error["message"]
     jobs = httpx.get(f"{console_server.url}/jobs", headers=bearer("team-a"), timeout=30).json()
     assert all(job["model"] != "team-a/refused" for job in jobs)  # nothing was queued
+
+
+def test_a_file_is_scored_from_the_models_page_with_progress_and_a_download(
+    console_server: Server, browser: WebDriver, tmp_path: Path, healthy_run: Path
+) -> None:
+    from fitgate.settings import Settings
+    from models.gate import release
+    from models.names import ModelName
+    from models.registry import open_registry
+
+    settings = Settings(data_dir=console_server.data_dir)
+    version = release(healthy_run, ModelName.parse("team-a/scorer"), settings, open_registry(settings),
+                      promote=True).version  # fmt: skip
+    sign_in(browser, console_server, "team-a")
+    browser.get(f"{console_server.url}/console/models?model=team-a/scorer")
+    wait_for(browser).until(lambda d: Select(d.find_element(By.ID, "try-model")).first_selected_option.text
+                            == "team-a/scorer")  # fmt: skip
+    rows = [("", "an empty text: reported in its row")] + [(text, "") for text, _ in keyword_rows(299)]
+    source = write_csv(tmp_path / "to-score.csv", rows, header=("text", "note"))
+    browser.find_element(By.ID, "score-file").send_keys(str(source))
+    Select(browser.find_element(By.ID, "score-format")).select_by_visible_text("jsonl")
+    browser.find_element(By.ID, "score-start").click()
+    wait_for(browser).until(ec.url_contains("/console/jobs/"))
+    wait_for(browser, 120).until(lambda d: text_of(d, "#job-status") == "succeeded")
+    assert text_of(browser, "#batch-rows").startswith("300 of 300")
+    assert browser.find_element(By.ID, "curves").get_attribute("hidden") is not None  # no learning curves
+    summary = visible(browser, "#batch-summary").text
+    assert f"300 rows scored with version {version}; 1 could not be scored" in summary, summary
+    assert "share on validation" in text_of(browser, "#batch-drift")
+    assert visible(browser, "#batch-download").is_enabled()
+    job = api_job(console_server, browser, "team-a")
+    assert job["kind"] == "batch" and job["arguments"]["output_format"] == "jsonl"
+    lines = httpx.get(f"{console_server.url}/jobs/{job['job_id']}/output", headers=bearer("team-a")).text.splitlines()
+    assert len(lines) == 300 and json.loads(lines[0])["problem"] == "empty text"
+    assert not browser_errors(browser)
