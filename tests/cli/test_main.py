@@ -187,3 +187,37 @@ def test_the_fitgate_command_runs_this_main() -> None:
 
     (script,) = entry_points(group="console_scripts", name="fitgate")
     assert script.load() is main
+
+
+def test_predict_scores_a_file_with_a_registered_model_version_into_the_format_of_out(
+    tmp_path: Path, healthy_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyarrow.parquet as pq
+
+    from fitgate.settings import Settings
+    from models.gate import release
+    from models.names import ModelName
+    from models.registry import open_registry
+
+    monkeypatch.setenv("FITGATE_DATA_DIR", str(tmp_path / "data"))
+    settings = Settings()
+    version = release(healthy_run, ModelName.parse("local/spam"), settings, open_registry(settings),
+                      promote=True).version  # fmt: skip
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"message": f"win cash now {i}", "key": i}) + "\n" for i in range(50)))
+    out = tmp_path / "out.parquet"
+    assert main(["predict", str(source), "--model", f"local/spam:{version}", "--out", str(out), "--quiet"]) == 0
+    table = pq.read_table(out).to_pylist()
+    assert [r["row"] for r in table] == list(range(1, 51)) and [r["key"] for r in table] == [str(i) for i in range(50)]
+    assert "50 rows scored with local/spam version" in capsys.readouterr().out
+    assert not (tmp_path / ".out.parquet.parts").exists()  # the parts go once the output is whole
+
+
+def test_predict_refuses_a_version_that_does_not_exist_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FITGATE_DATA_DIR", str(tmp_path / "data"))
+    source = tmp_path / "in.csv"
+    source.write_text("text\nhello\n")
+    assert main(["predict", str(source), "--model", "local/none", "--out", str(tmp_path / "o.csv")]) == 2
+    assert capsys.readouterr().err.startswith("fitgate: error: model local/none has no current version")
