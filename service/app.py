@@ -184,6 +184,10 @@ class PointerOut(BaseModel):
 
 OUTPUT_MEDIA_TYPES = {"csv": "text/csv", "tsv": "text/tab-separated-values", "jsonl": "application/x-ndjson",
                       "parquet": "application/vnd.apache.parquet"}  # fmt: skip
+OUTPUT_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {media: {} for media in OUTPUT_MEDIA_TYPES.values()},
+          "description": "The scored file, in the job's output format."}
+}  # fmt: skip
 PNG_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "A PNG plot."}}
 CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/csv": {}}, "description": "A CSV file with a header row."}
@@ -323,7 +327,7 @@ def create_app(settings: Settings) -> FastAPI:
         job = await fitgate.batches.accept(file, model, version, parameters)
         return JobAccepted(job_id=job.id, status=job.status)
 
-    @app.get("/jobs/{job_id}/output", response_class=FileResponse, responses=errors(404, 409))
+    @app.get("/jobs/{job_id}/output", response_class=FileResponse, responses=OUTPUT_RESPONSE | errors(404, 409))
     async def batch_output(
         job_id: str, fitgate: State, caller: Annotated[Caller, caller_for("finetune")]
     ) -> FileResponse:

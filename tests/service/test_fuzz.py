@@ -42,6 +42,8 @@ OPERATIONS = [  # every route of the FastAPI app; test_every_operation_in_the_sc
     "POST /predict",
     "POST /finetune",
     "POST /finetune/validate",
+    "POST /batch",
+    "GET /jobs/{job_id}/output",
     "GET /finetune/arguments",
     "GET /whoami",
     "GET /jobs",
