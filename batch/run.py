@@ -23,6 +23,7 @@ from batch.scoring import ChunkTally, drift_report, output_columns, score_chunk
 from fitgate.errors import JobCancelled
 from models.runtime import OnnxClassifier
 
+BATCH_CANCELLED = "cancelled by request; the rows scored so far are kept: a retry resumes after them"
 OUTPUT_SUFFIX: dict[Format, str] = {"csv": ".csv", "tsv": ".tsv", "jsonl": ".jsonl", "parquet": ".parquet"}
 
 
@@ -104,7 +105,7 @@ def run_batch(
             round(max(total - tally.rows, 0) / speed, 1) if speed > 0 else None, resumed_at,
         )  # fmt: skip
         if on_progress(progress):
-            raise JobCancelled("cancelled by request; the rows scored so far are kept: a retry resumes after them")
+            raise JobCancelled(BATCH_CANCELLED)
     parts_written, tally = finished_chunks(plan)
     on_progress(BatchProgress("joining", tally.rows, total, parts_written, tally.problems, None, None, resumed_at))
     table.assemble([_part(plan, k) for k in range(parts_written)], plan.destination)

@@ -60,6 +60,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
+from batch.run import BATCH_CANCELLED
 from fitgate.database import engine_for, migrate, read, write
 from fitgate.errors import FitgateError, JobConflict, JobNotFound, LeaseLost, TooManyJobs
 from fitgate.settings import Settings
@@ -644,7 +645,8 @@ class JobRunner:
             elif cancel_requested:
                 child.cancel_seen = child.cancel_seen or time.monotonic()
                 if time.monotonic() - child.cancel_seen > CANCEL_GRACE_SECONDS:
-                    self._stop(job_id, child, "cancelled", CANCELLED_BY_REQUEST)
+                    reason = BATCH_CANCELLED if child.kind == "batch" else CANCELLED_BY_REQUEST
+                    self._stop(job_id, child, "cancelled", reason)
         record_batch_speed(self.trainer, speed)
 
     def _stop(self, job_id: str, child: _Child, status: str, reason: str) -> None:
