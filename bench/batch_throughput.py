@@ -3,7 +3,7 @@ vs file size, and a kill -9 mid-file then resume.
 
 The model is MiniLM fine-tuned on sms_spam (``bench/common.py``, cached); the files repeat the 5,574 sms_spam
 texts in order (with an ``id`` column) to the row counts asked for. Each arm runs in its own process, so its peak
-RSS (``ru_maxrss`` from ``wait4``) is its own:
+RSS (GNU time's ``%M``) is its own:
 - ``fitgate``: ``fitgate predict FILE --model bench/sms-drift --out OUT.csv`` (the code a POST /batch job runs:
   counting, reading, scoring in chunks, writing parts, joining); wall seconds of the whole command.
 - ``raw``: the same graph (the one the runtime picks: int8 on CPU when the bundle kept it), the same session
@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "results"
@@ -57,21 +59,27 @@ def write_file(path: Path, rows: int) -> Path:
 def timed(command: list[str], env: dict[str, str], kill_when: Any = None) -> dict[str, Any]:
     """Run ``command``; wall seconds and peak RSS (MiB) of the process; ``kill_when()`` true: SIGKILL it."""
     started = time.perf_counter()
+    # GNU time forks and execs the command and reports its peak RSS: measured by wait4 here, a child's peak would
+    # include this (large) process's pages it shares between fork and exec
+    command = ["/usr/bin/time", "-f", "PEAK_RSS_KB=%M", *command]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     killed = False
     if kill_when is not None:
         while process.poll() is None:
             if kill_when():
-                process.send_signal(signal.SIGKILL)
+                for child in psutil.Process(process.pid).children():  # the scoring process, under GNU time
+                    child.send_signal(signal.SIGKILL)
                 killed = True
                 break
             time.sleep(0.05)
-    _, status, usage = os.wait4(process.pid, 0)
     output = process.stdout.read().decode() if process.stdout else ""
+    status = process.wait()
     if not killed and status != 0:
         raise RuntimeError(f"{command} failed: {output[-2000:]}")
-    return {"seconds": time.perf_counter() - started, "peak_rss_mib": usage.ru_maxrss / 1024, "output": output,
-            "killed": killed}  # fmt: skip
+    peaks = [int(line.split("=", 1)[1]) for line in output.splitlines() if line.startswith("PEAK_RSS_KB=")]
+    lines = [line for line in output.splitlines() if not line.startswith("PEAK_RSS_KB=")]
+    return {"seconds": time.perf_counter() - started, "peak_rss_mib": peaks[-1] / 1024 if peaks else None,
+            "output": "\n".join(lines), "killed": killed}  # fmt: skip
 
 
 def raw_arm(bundle: str, source: str, order: str) -> None:
