@@ -156,3 +156,29 @@ def test_the_result_compares_the_answers_with_the_validation_reference(
     reference = drift["reference_answer_shares"]["spam"]
     assert reference < 0.5 < drift["answer_shares"]["spam"]  # a file of spam is not the validation mix
     assert drift["answer_shift"] == pytest.approx(drift["answer_shares"]["spam"] - reference, abs=1e-3)
+
+
+def test_a_multi_label_model_answers_every_row_with_its_labels_and_every_labels_score(
+    tmp_path: Path, multi_label_run: Path
+) -> None:
+    from fitgate.settings import Settings
+    from models.export import build_bundle
+    from training.diagnosis import diagnose_run
+    from training.rundir import RunDirectory
+
+    run = RunDirectory.open(multi_label_run)
+    settings = Settings(data_dir=tmp_path / "data")
+    build_bundle(run, diagnose_run(run, settings), tmp_path / "bundle", settings)
+    classifier = OnnxClassifier(tmp_path / "bundle", precision="fp32", threads=1)
+    classifier.load()
+    texts = ["refund for the crash please", "password login profile", "invoice charged twice and app error"]
+    source = write_input(tmp_path / "in.parquet", texts)
+    run_batch(plan_for(source, tmp_path / "out.parquet", "parquet", "parquet"), classifier)
+    rows = read_output(tmp_path / "out.parquet")
+    expected = classifier.predict(texts).answers()
+    assert [r["labels"] for r in rows] == [a.labels for a in expected]  # type: ignore[union-attr]
+    assert {k for k in rows[0] if k.startswith("p:")} == {"p:account", "p:billing", "p:bug"}
+    csv_out = run_batch(plan_for(source, tmp_path / "out.csv", "parquet", "csv"), classifier)
+    assert csv_out["columns"][2] == "labels"
+    joined = [r["labels"] for r in read_output(tmp_path / "out.csv")]
+    assert joined == [";".join(a.labels) for a in expected]  # type: ignore[union-attr]
