@@ -35,7 +35,6 @@ ID_COLUMN_NAMES = ("id", "row_id", "uuid", "key")
 """An input column carried into the output beside each row's number, when the request names none (else the first
 column whose name ends in ``_id``)."""
 _HEADER_BYTES = 1 << 16
-csv.field_size_limit(2**31 - 1)  # a text cell may be long; a broken file shows as a row problem, not an error
 
 
 def file_format(name: str) -> Format:

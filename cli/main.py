@@ -35,7 +35,7 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     for name, info in TrainingArguments.model_fields.items():
         flag = "--" + name.replace("_", "-")
         default = info.get_default()
-        help_text = f"{info.description} (default: {default})"
+        help_text = f"{info.description} (default: {default})".replace("%", "%%")  # argparse formats help with %
         if info.annotation is bool:
             group.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text

@@ -17,7 +17,7 @@ from training.diagnosis import diagnose_run
 from training.loop import fine_tune
 from training.rundir import RunDirectory
 
-FILLER = "the meeting notes were filed under the usual folder for the quarter".split()
+FILLER = ["the", "meeting", "notes", "were", "filed", "under", "the", "usual", "folder", "for", "the", "quarter"]
 
 
 def long_rows(n: int) -> list[tuple[str, str]]:

@@ -32,6 +32,7 @@ from fitgate.settings import Settings
 from models.gate import release
 from models.names import ModelName
 from models.registry import open_registry
+from service.jobs import JobStore
 from tests.service.conftest import Server, bearer, make_server
 from training import rundir
 
@@ -85,6 +86,7 @@ class Target:
     versions: list[str]
     queued_job: str
     ended_job: str
+    batch_job: str  # a succeeded batch job with its output file
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +114,18 @@ def target(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, healt
     (run_dir / rundir.DROPPED_ROWS).write_text(
         "row,text,given_label,suggested_label,quality_score\n5,text 3,b,a,0.01\n"
     )
-    yield Target(srv, [first, second], jobs[0], jobs[1])
+    store = JobStore.open(settings)
+    batch_job = store.new_id()
+    upload = srv.data_dir / "uploads" / batch_job / "input.csv"
+    upload.parent.mkdir(parents=True)
+    upload.write_text("text\nwin cash\n")
+    arguments = {"version": first, "input_format": "csv", "output_format": "csv", "text_column": "text",
+                 "id_column": None, "file_name": "in.csv"}  # fmt: skip
+    store.create(batch_job, "team-a", MODEL, arguments, upload, kind="batch")
+    store.finish(batch_job, "succeeded", result={"rows": 1})
+    (srv.data_dir / "runs" / batch_job).mkdir(parents=True)
+    (srv.data_dir / "runs" / batch_job / "output.csv").write_text("row,label\n1,spam\n")
+    yield Target(srv, [first, second], jobs[0], jobs[1], batch_job)
     srv.kill(signal.SIGTERM)
 
 
@@ -120,7 +133,7 @@ def target(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, healt
 def fuzz_schema(target: Target) -> BaseSchema:
     """The schema the running server publishes (plus the upload's file name, which only shapes requests)."""
     raw = httpx.get(f"{target.server.url}/openapi.json", timeout=60).json()
-    for upload in ("/finetune", "/finetune/validate"):
+    for upload in ("/finetune", "/finetune/validate", "/batch"):
         raw["paths"][upload]["post"]["requestBody"]["content"]["multipart/form-data"]["encoding"] = {
             "file": UPLOAD_NAME
         }
@@ -132,6 +145,8 @@ def _use_existing_resources(case: schemathesis.Case, target: Target, choice: int
     params = case.path_parameters or {}
     if "job_id" in params:
         params["job_id"] = (target.queued_job, target.ended_job)[choice]
+        if case.path.endswith("/output"):  # only a batch job has an output file
+            params["job_id"] = target.batch_job
     if "team" in params:
         params["team"], params["name"] = MODEL.split("/")
     body: Any = case.body
@@ -143,7 +158,7 @@ def _use_existing_resources(case: schemathesis.Case, target: Target, choice: int
         body["model"] = MODEL
     if "model_name" in body:
         body.update(file=GOOD_CSV, model_name=MODEL, parameters="{}")
-    elif "file" in body:  # the dry run
+    elif "file" in body:  # the dry run, a batch
         body.update(file=GOOD_CSV, parameters="{}")
 
 

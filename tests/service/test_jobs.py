@@ -259,7 +259,7 @@ def test_a_team_may_queue_up_to_its_limit_and_retries_count(store: JobStore, tmp
     upload = tmp_path / "data.csv"
     upload.write_text("text,label\na,b\n")
     first, _ = (store.create(store.new_id(), "team-a", "team-a/x", {}, upload, max_active=2).id for _ in range(2))
-    with pytest.raises(TooManyJobs, match="team team-a has 2 fine-tune jobs queued or running"):
+    with pytest.raises(TooManyJobs, match=r"team team-a has 2 jobs \(fine-tunes and batch jobs\) queued or running"):
         store.create(store.new_id(), "team-a", "team-a/x", {}, upload, max_active=2)
     store.create(store.new_id(), "team-b", "team-b/x", {}, upload, max_active=2)  # another team is not held up
     store.request_cancel(first)
