@@ -91,8 +91,12 @@ class Target:
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, healthy_run: Path) -> Iterator[Target]:
-    # training off: accepted uploads stay queued, so the fuzzer measures the API, not the trainer
-    srv = make_server(tmp_path_factory.mktemp("fuzz"), tiny_model_dir, FITGATE_TRAINING_ENABLED="false")
+    # training off: accepted uploads stay queued, so the fuzzer measures the API, not the trainer; the per-team
+    # limit raised, or the queued fine-tunes of POST /finetune's cases would leave POST /batch nothing but 429s
+    # (tests/service/test_routes.py holds the limit itself)
+    srv = make_server(
+        tmp_path_factory.mktemp("fuzz"), tiny_model_dir, FITGATE_TRAINING_ENABLED="false", FITGATE_MAX_JOBS_PER_TEAM="1000"
+    )
     settings = Settings(data_dir=srv.data_dir)
     registry = open_registry(settings)
     model = ModelName.parse(MODEL)

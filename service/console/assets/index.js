@@ -55,7 +55,7 @@ function chosenParameters() {
     const spec = schema[name] || {};
     let value;
     if (input.type === "checkbox") value = input.checked;
-    else if (input.value.trim() === "") value = null;
+    else if (input.value.trim() === "") continue; // an emptied field asks for its default, as the page says
     else if (input.dataset.type === "integer") value = Number.parseInt(input.value, 10);
     else if (input.dataset.type === "number") value = Number(input.value);
     else value = input.value;
@@ -146,12 +146,18 @@ async function checkFile() {
   const form = new FormData();
   form.append("file", file);
   form.append("parameters", JSON.stringify(chosenParameters()));
-  clear(document.getElementById("check")).append(el("p", { text: `Reading ${file.name}…` }));
+  const node = document.getElementById("check");
+  // a re-read keeps the last answer in place, dimmed, until the new one arrives: clearing it would move the Start
+  // button under the pointer of a user whose click is what ended the edit that asked for the re-read
+  if (node.childElementCount) node.setAttribute("aria-busy", "true");
+  else node.append(el("p", { text: `Reading ${file.name}…` }));
   try {
     renderCheck(await api("/finetune/validate", { method: "POST", form }));
   } catch (err) {
-    clear(document.getElementById("check"));
+    clear(node);
     showError(error, err);
+  } finally {
+    node.removeAttribute("aria-busy");
   }
 }
 
