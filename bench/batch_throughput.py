@@ -14,6 +14,8 @@ RSS (GNU time's ``%M``) is its own:
   and 4 threads over the first ``--http-rows`` rows; the best concurrency is reported.
 - ``resume``: ``fitgate predict`` on the ``--resume-rows`` file, killed with SIGKILL once it has written a few
   parts, then run again to the end; its output is compared row by row with an uninterrupted run's.
+- ``job`` (``--job``): the big file as curl sends it: POST /batch to a real server with its trainer, GET /jobs/{id}
+  polled for progress every 2 s, the output downloaded and checked (every id once, in input order).
 
     python bench/batch_throughput.py --rows 1000000 --small-rows 100000
     python bench/batch_throughput.py --rows 20000 --small-rows 5000 --http-rows 2000 --resume-rows 20000  # smoke
@@ -32,6 +34,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,17 +122,18 @@ def raw_arm(bundle: str, source: str, order: str) -> None:
     print(json.dumps({"rows": answered, "seconds": seconds, "graph": classifier.served_graph}))
 
 
-def http_arm(data_dir: Path, source: Path, rows: int) -> dict[str, Any]:
+@contextmanager
+def served(data_dir: Path, training: bool) -> Iterator[str]:
+    """A real server (scripts/serve, default settings) on ``data_dir``; yields its URL once ready."""
     import httpx
 
     from tests.ports import free_port
 
-    with source.open(newline="", encoding="utf-8") as f:
-        texts = [r["text"] for _, r in zip(range(rows), csv.DictReader(f), strict=False)]
     port = free_port()
     env = {
         **os.environ, "FITGATE_DATA_DIR": str(data_dir), "FITGATE_PORT": str(port),
-        "FITGATE_TRAINING_ENABLED": "false", "BENTOML_DO_NOT_TRACK": "True", "FITGATE_PREPARE_BASE_MODELS": "false",
+        "FITGATE_TRAINING_ENABLED": str(training).lower(), "BENTOML_DO_NOT_TRACK": "True",
+        "FITGATE_PREPARE_BASE_MODELS": "false",
     }  # fmt: skip
     server = subprocess.Popen([str(ROOT / "scripts" / "serve")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
@@ -141,6 +146,18 @@ def http_arm(data_dir: Path, source: Path, rows: int) -> dict[str, Any]:
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def http_arm(data_dir: Path, source: Path, rows: int) -> dict[str, Any]:
+    import httpx
+
+    with source.open(newline="", encoding="utf-8") as f:
+        texts = [r["text"] for _, r in zip(range(rows), csv.DictReader(f), strict=False)]
+    with served(data_dir, training=False) as url:
         batches = [texts[i : i + 64] for i in range(0, len(texts), 64)]
         results = {}
         for threads in (1, 2, 4):
@@ -167,9 +184,47 @@ def http_arm(data_dir: Path, source: Path, rows: int) -> dict[str, Any]:
         best = max(results, key=lambda k: results[k])
         return {"rows": len(texts), "rows_per_second_by_concurrency": results, "best_concurrency": best,
                 "rows_per_second": results[best]}  # fmt: skip
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+
+
+def job_arm(data_dir: Path, source: Path, rows: int, name: str, work: Path) -> dict[str, Any]:
+    """The file through curl's path: POST /batch, poll GET /jobs/{id} (progress, ETA), download the output."""
+    import httpx
+
+    with served(data_dir, training=True) as url, httpx.Client(timeout=600) as client:
+        started = time.perf_counter()
+        with source.open("rb") as f:
+            r = client.post(f"{url}/batch", files={"file": (source.name, f, "text/csv")},
+                            data={"model": name, "parameters": json.dumps({"output_format": "csv"})})  # fmt: skip
+        r.raise_for_status()
+        uploaded = time.perf_counter() - started
+        job_id = r.json()["job_id"]
+        snapshots: list[dict[str, Any]] = []
+        while True:
+            job = client.get(f"{url}/jobs/{job_id}").json()
+            progress = job.get("progress") or {}
+            if progress.get("phase") == "scoring":
+                snapshots.append({k: progress.get(k) for k in ("rows_done", "rows_total", "rows_per_second",
+                                                               "eta_seconds")})  # fmt: skip
+            if job["status"] in ("succeeded", "failed", "cancelled", "blocked"):
+                break
+            time.sleep(2)
+        finished = time.perf_counter() - started
+        if job["status"] != "succeeded":
+            raise RuntimeError(f"batch job {job_id} ended {job['status']}: {job.get('error')}")
+        out = work / "job-output.csv"
+        with client.stream("GET", f"{url}/jobs/{job_id}/output") as download, out.open("wb") as f:
+            download.raise_for_status()
+            for block in download.iter_bytes():
+                f.write(block)
+        downloaded = time.perf_counter() - started
+    with out.open(newline="", encoding="utf-8") as f:
+        ids = [r["id"] for r in csv.DictReader(f)]
+    return {
+        "rows": rows, "upload_seconds": round(uploaded, 1), "seconds_to_succeeded": round(finished, 1),
+        "seconds_with_download": round(downloaded, 1), "rows_per_second": round(rows / finished, 1),
+        "progress_polls": len(snapshots), "first_progress": snapshots[0] if snapshots else None,
+        "rows_out": len(ids), "distinct_ids": len(set(ids)), "in_order": ids == [f"r{i}" for i in range(rows)],
+    }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -225,6 +280,7 @@ def main() -> int:
         help="minilm: MiniLM fine-tuned on sms_spam; tiny: the tests' 2-layer random BERT, fine-tuned on a toy task "
         "(for memory and resume on files too large for MiniLM's speed here)",
     )  # fmt: skip
+    parser.add_argument("--job", action="store_true", help="also score the big file as a POST /batch job on a server")
     parser.add_argument("--raw", nargs=3, metavar=("BUNDLE", "FILE", "ORDER"), help=argparse.SUPPRESS)
     ns = parser.parse_args()
     if ns.raw:
@@ -288,6 +344,9 @@ def main() -> int:
         print("resume", results["resume"], flush=True)
         results["http"] = http_arm(model.data_dir, big, ns.http_rows)
         print("http", results["http"], flush=True)
+        if ns.job:
+            results["job"] = job_arm(model.data_dir, big, ns.rows, name, work)
+            print("job", results["job"], flush=True)
     (OUT / f"batch_throughput_{ns.model}.json").write_text(json.dumps(results, indent=2))
     (OUT / f"batch_throughput_{ns.model}.md").write_text(render(results))
     return 0
@@ -325,6 +384,15 @@ def render(r: dict[str, Any]) -> str:
         f"{res['rows_out']:,} rows out, {res['lost']} lost, {res['duplicated']} duplicated, identical to an "
         f"uninterrupted run: {res['identical_to_an_uninterrupted_run']}.",
     ]  # fmt: skip
+    if "job" in r:
+        j = r["job"]
+        lines.append(
+            f"The same {j['rows']:,}-row file as a POST /batch job on a server (upload {j['upload_seconds']:,.0f} s, "
+            f"succeeded after {j['seconds_to_succeeded']:,.0f} s: {j['rows_per_second']:,.0f} rows/s end to end, "
+            f"download included {j['seconds_with_download']:,.0f} s); {j['progress_polls']} progress polls while "
+            f"scoring; output {j['rows_out']:,} rows, {j['distinct_ids']:,} distinct ids, in input order: "
+            f"{j['in_order']}."
+        )
     return "\n".join(lines) + "\n"
 
 
