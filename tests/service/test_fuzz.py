@@ -95,7 +95,10 @@ def target(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, healt
     # limit raised, or the queued fine-tunes of POST /finetune's cases would leave POST /batch nothing but 429s
     # (tests/service/test_routes.py holds the limit itself)
     srv = make_server(
-        tmp_path_factory.mktemp("fuzz"), tiny_model_dir, FITGATE_TRAINING_ENABLED="false", FITGATE_MAX_JOBS_PER_TEAM="1000"
+        tmp_path_factory.mktemp("fuzz"),
+        tiny_model_dir,
+        FITGATE_TRAINING_ENABLED="false",
+        FITGATE_MAX_JOBS_PER_TEAM="1000",
     )
     settings = Settings(data_dir=srv.data_dir)
     registry = open_registry(settings)
